@@ -1,0 +1,153 @@
+"""Train the demo text-to-video model with rectified flow (the objective Wan uses), on CPU.
+
+    python -m sencache.demo_model.train --out runs/demo --minutes 80
+
+Deterministic given ``--seed``: the batch and the noise of step k come from generators seeded with
+(seed, k), so a run resumed from a checkpoint continues exactly where it stopped. Logs the loss to
+``OUT/loss.csv``; saves a resumable ``OUT/checkpoint.pt`` and, at the end (or on Ctrl-C), the EMA
+weights as a diffusers WanPipeline folder ``OUT/pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+from .build import TEXT_LEN, build_pipeline, encode_text, frames_to_latents
+
+CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance has an unconditional model
+SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
+
+
+def make_batch(step: int, seed: int, batch_size: int):
+    rng = np.random.default_rng([seed, step])
+    samples = [data.make_sample(rng) for _ in range(batch_size)]
+    frames = np.stack([s.frames for s in samples])
+    captions = [s.caption if rng.random() >= CAPTION_DROPOUT else "" for s in samples]
+    return frames, captions
+
+
+def flow_matching_loss(pipe, frames, captions, generator: torch.Generator) -> torch.Tensor:
+    x0 = frames_to_latents(frames)
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)
+    u = torch.rand(b, generator=generator)
+    sigma = SHIFT * u / (1 + (SHIFT - 1) * u)  # the flow shift applied to a uniform draw
+    s = sigma.view(b, 1, 1, 1, 1)
+    xt = (1 - s) * x0 + s * noise
+    text = encode_text(pipe.tokenizer, pipe.text_encoder, captions)
+    pred = pipe.transformer(xt, sigma * 1000.0, text, return_dict=False)[0]
+    return F.mse_loss(pred, noise - x0)
+
+
+def trainable_modules(pipe):
+    return torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
+    export = copy.deepcopy(pipe)
+    trainable_modules(export).load_state_dict(ema.state_dict())
+    export.save_pretrained(out_dir, safe_serialization=True)
+
+
+def train(args) -> Path:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(data.vocabulary(), seed=args.seed)
+    modules = trainable_modules(pipe)
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    start = 0
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not args.restart:
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        modules.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        start = int(ckpt["step"])
+        print(f"resumed from {ckpt_path} at step {start}")
+    log_mode = "a" if start > 0 else "w"
+    log_file = open(out / "loss.csv", log_mode, newline="")
+    log = csv.writer(log_file)
+    if start == 0:
+        log.writerow(["step", "loss", "lr", "elapsed_s"])
+
+    def checkpoint(step: int) -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+        os.replace(tmp, ckpt_path)  # atomic: an interrupted save never corrupts the last checkpoint
+
+    deadline = time.time() + args.minutes * 60 if args.minutes else math.inf
+    t0 = time.time()
+    step = start
+    bar = tqdm(total=args.steps, initial=start, desc="train", dynamic_ncols=True)
+    try:
+        while step < args.steps and time.time() < deadline:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+            frames, captions = make_batch(step, args.seed, args.batch_size)
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            loss = flow_matching_loss(pipe, frames, captions, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+            opt.step()
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), modules.parameters()):
+                    e.lerp_(p, 1 - decay)
+            step += 1
+            log.writerow([step, f"{loss.item():.6f}", f"{opt.param_groups[0]['lr']:.3e}", f"{time.time() - t0:.1f}"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % args.save_every == 0:
+                log_file.flush()
+                checkpoint(step)
+    except KeyboardInterrupt:
+        print("interrupted: saving checkpoint and pipeline")
+    finally:
+        bar.close()
+        log_file.close()
+        checkpoint(step)
+    save_pipeline(pipe, ema, out / "pipeline")
+    print(f"trained to step {step}; pipeline saved to {out / 'pipeline'}")
+    return out / "pipeline"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the LR schedule)")
+    p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())

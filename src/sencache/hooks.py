@@ -1,0 +1,474 @@
+"""The one diffusers adapter: hooks on a transformer and its block stack that apply a caching rule.
+
+On every transformer call the model hook notes the branch (the pipeline's ``cache_context``), the
+denoising step, the noisy latent and the timestep. The first block's hook asks the rule once per
+step which samples may reuse; all CFG branches of that step follow the same decision, each with
+its own cached residual. For the samples that reuse, the block stack is skipped and
+``input_of_first_block + cached_residual`` is handed on, so the output head still runs with the
+current timestep. When the samples of a batch disagree, the stack runs for the refreshing rows only
+(every tensor argument with the batch as its first dimension is sliced) and the rows are merged.
+
+Nothing is monkey-patched: hooks live in diffusers' per-module HookRegistry, so two pipelines in
+one process keep separate state, and :func:`disable` removes every hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import StateManager
+
+from .errors import SenCacheError, UnsupportedModelError
+from .rules.base import Decision, StepInput
+from .trace import Trace, TraceRecord
+
+logger = logging.getLogger("sencache")
+
+MODEL_HOOK = "sencache_model"
+BLOCK_HOOK = "sencache_block"
+
+# Where each model keeps its block stack. A class not listed is accepted if it has exactly one of
+# these lists and diffusers knows its block class (TransformerBlockRegistry).
+BLOCK_LISTS = {
+    "WanTransformer3DModel": "blocks",
+    "WanVACETransformer3DModel": "blocks",
+    "CogVideoXTransformer3DModel": "transformer_blocks",
+    "LTXVideoTransformer3DModel": "transformer_blocks",
+    "MochiTransformer3DModel": "transformer_blocks",
+}
+CANDIDATE_LISTS = ("blocks", "transformer_blocks")
+SECOND_STACKS = ("single_transformer_blocks", "single_blocks", "refiner_blocks")
+
+
+@dataclass
+class BlockStack:
+    name: str
+    blocks: torch.nn.ModuleList
+    hidden_index: int  # position of the video stream in a block's returned tuple
+    encoder_index: int | None  # position of the text stream, if blocks return it
+    hidden_arg: str
+
+
+def find_block_stack(transformer: torch.nn.Module) -> BlockStack:
+    cls = type(transformer).__name__
+    name = BLOCK_LISTS.get(cls)
+    if name is None:
+        found = [n for n in CANDIDATE_LISTS if isinstance(getattr(transformer, n, None), torch.nn.ModuleList)]
+        if len(found) != 1:
+            raise UnsupportedModelError(
+                f"{cls} is not supported: sencache needs one list of transformer blocks "
+                f"(looked for {', '.join(CANDIDATE_LISTS)}); open an issue with the model name"
+            )
+        name = found[0]
+    for extra in SECOND_STACKS:
+        if len(getattr(transformer, extra, None) or []) > 0:
+            raise UnsupportedModelError(
+                f"{cls} is not supported: it has a second block stack '{extra}' that sencache cannot skip yet"
+            )
+    blocks = getattr(transformer, name, None)
+    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
+        raise UnsupportedModelError(f"{cls} has no blocks in '{name}'; nothing to cache")
+    try:
+        meta = TransformerBlockRegistry.get(type(blocks[0]))
+    except ValueError:
+        raise UnsupportedModelError(
+            f"{cls} is not supported: diffusers has no layout facts for its block {type(blocks[0]).__name__}"
+        ) from None
+    return BlockStack(name, blocks, meta.return_hidden_states_index, meta.return_encoder_hidden_states_index,
+                      meta.hidden_states_argument_name)
+
+
+def split_target(target) -> tuple[torch.nn.Module, Any]:
+    """(transformer, scheduler or None) from a pipeline or a bare transformer."""
+    transformer = getattr(target, "transformer", None)
+    if isinstance(transformer, torch.nn.Module):
+        return transformer, getattr(target, "scheduler", None)
+    if isinstance(target, torch.nn.Module):
+        return target, None
+    raise UnsupportedModelError(
+        f"sencache.enable needs a diffusers pipeline with a .transformer or a transformer module, "
+        f"got {type(target).__name__}"
+    )
+
+
+@dataclass
+class _Call:
+    branch: str
+    step: int
+    num_steps: int
+    latent: torch.Tensor
+    timestep: torch.Tensor  # (B,) float
+    compute: torch.Tensor | None = None  # (B,) bool, rows whose block stack runs
+    reasons: list[str] | None = None
+    mode: str = "full"  # full | skip | subset
+    rows: torch.Tensor | None = None  # LongTensor of computed rows in subset mode
+    head_hidden: torch.Tensor | None = None
+    head_encoder: torch.Tensor | None = None
+    ran_stack: bool = False
+
+
+@dataclass
+class _Generation:
+    rule_state: Any = None
+    num_steps: int | None = None
+    batch: int | None = None
+    step: int | None = None
+    branches_this_step: set = field(default_factory=set)
+    decision: Decision | None = None
+    step_input: StepInput | None = None
+    decider_branch: str | None = None
+    reuse_run: torch.Tensor | None = None
+    residual: dict = field(default_factory=dict)  # branch -> (B, ...) video-stream residual
+    encoder_residual: dict = field(default_factory=dict)
+    has_residual: dict = field(default_factory=dict)  # branch -> (B,) bool
+    call_index: int = 0
+    warned_no_reuse: bool = False
+
+
+class CacheSession:
+    """What :func:`enable` returns: the live cache of one transformer, with the trace of its last call."""
+
+    def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None):
+        self.transformer = transformer
+        self.scheduler = scheduler
+        self.config = config
+        self.rule = config.build_rule()
+        self.method = getattr(self.rule, "name", type(self.rule).__name__)
+        self.stack = find_block_stack(transformer)
+        self.num_inference_steps = num_inference_steps
+        self.trace = Trace(method=self.method)
+        self.gen = _Generation()
+        self.call: _Call | None = None
+        self._poisoned = False
+        self._sched_cache: tuple[int, torch.Tensor] | None = None
+
+    # --- public -----------------------------------------------------------------------------
+    def summary(self) -> dict:
+        return self.trace.summary()
+
+    def reset(self) -> None:
+        """Forget all cached state; the next transformer call starts a new generation."""
+        self.gen = _Generation()
+        self.call = None
+
+    def disable(self) -> None:
+        disable(self.transformer)
+
+    # --- step bookkeeping -------------------------------------------------------------------
+    def _resolve_step(self, context, timestep: torch.Tensor, branch: str) -> tuple[int, int]:
+        if context is not None and context.step_index is not None and context.num_inference_steps:
+            return int(context.step_index), int(context.num_inference_steps)
+        timesteps = getattr(self.scheduler, "timesteps", None) if self.scheduler is not None else None
+        if isinstance(timesteps, torch.Tensor) and timesteps.numel() > 0:
+            if self._sched_cache is None or self._sched_cache[0] != id(timesteps):
+                self._sched_cache = (id(timesteps), timesteps.detach().double().cpu())
+            grid = self._sched_cache[1]
+            t0 = float(timestep.reshape(-1)[0])
+            return int(torch.argmin((grid - t0).abs())), int(grid.numel())
+        if self.num_inference_steps:
+            gen = self.gen
+            if gen.step is None or gen.batch is None:
+                return 0, self.num_inference_steps
+            step = gen.step + 1 if branch in gen.branches_this_step else gen.step
+            return step % self.num_inference_steps, self.num_inference_steps
+        raise SenCacheError(
+            "sencache cannot tell the denoising step: enable it on the pipeline (sencache.enable(pipe, ...)) "
+            "or pass num_inference_steps=... when enabling it on a bare transformer"
+        )
+
+    def _begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor):
+        gen = self.gen
+        batch = latent.shape[0]
+        new_generation = (
+            self._poisoned
+            or gen.step is None
+            or step < gen.step
+            or (step == 0 and (gen.step != 0 or branch in gen.branches_this_step))
+            or batch != gen.batch
+            or num_steps != gen.num_steps
+        )
+        if new_generation:
+            self._poisoned = False
+            self.gen = gen = _Generation(rule_state=self.rule.new_state(batch), num_steps=num_steps, batch=batch)
+            self.trace.clear(self.method, num_steps)
+        if step != gen.step:
+            gen.step, gen.decision, gen.step_input, gen.decider_branch = step, None, None, None
+            gen.branches_this_step = set()
+        gen.branches_this_step.add(branch)
+        t_rows = timestep.detach().reshape(batch, -1)[:, 0].float() if timestep.numel() >= batch else \
+            timestep.detach().reshape(-1)[:1].float().expand(batch)
+        self.call = _Call(branch=branch, step=step, num_steps=num_steps, latent=latent, timestep=t_rows)
+
+    def _decide(self, modulation: torch.Tensor | None) -> None:
+        """Ask the rule once per step; later branches of the step follow the same verdict."""
+        gen, call = self.gen, self.call
+        if gen.decision is None:
+            inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.timestep.cpu(),
+                            latent=call.latent, modulation=modulation)
+            decision = self.rule.decide(gen.rule_state, inp)
+            gen.decision, gen.step_input, gen.decider_branch = decision, inp, call.branch
+            run = gen.reuse_run if gen.reuse_run is not None else torch.zeros(gen.batch, dtype=torch.long)
+            gen.reuse_run = torch.where(decision.reuse, run + 1, torch.zeros_like(run))
+        reuse = gen.decision.reuse.cpu().bool()
+        have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
+        call.compute = ~(reuse & have)
+        reasons = list(gen.decision.reason or [("reuse" if r else "refresh") for r in reuse.tolist()])
+        call.reasons = ["no_residual" if (r and not h) else why for r, h, why in zip(reuse.tolist(), have.tolist(), reasons)]
+
+    def _end_call(self) -> None:
+        gen, call = self.gen, self.call
+        if call is None or call.compute is None:
+            return
+        decision = gen.decision
+        if call.ran_stack:
+            self.trace.stack_runs += 1
+        for row in range(gen.batch):
+            score = None
+            if decision.score is not None:
+                score = float(decision.score[row])
+            self.trace.records.append(TraceRecord(
+                call=gen.call_index, step=call.step, timestep=float(call.timestep[row]), branch=call.branch,
+                sample=row, computed=bool(call.compute[row]), score=score, eps=float(decision.eps),
+                reuse_run=int(gen.reuse_run[row]) if not call.compute[row] else 0, reason=call.reasons[row],
+            ))
+        gen.call_index += 1
+        if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
+            self._note_if_nothing_reused()
+        self.call = None
+
+    def _note_if_nothing_reused(self) -> None:
+        gen = self.gen
+        if any(not r.computed for r in self.trace.records):
+            return
+        gen.warned_no_reuse = True
+        scores = [r.score for r in self.trace.records if r.score is not None and math.isfinite(r.score)]
+        eps = getattr(self.config, "eps", None)
+        if gen.num_steps is not None and gen.num_steps <= 1 + getattr(self.config, "final_steps", 0):
+            why = f"only {gen.num_steps} steps, and the first and final steps always compute"
+        elif scores and eps is not None:
+            why = (f"eps={eps:g} is below every predicted change (smallest S = {min(scores):.4g}); "
+                   f"raise eps (or use SenCacheConfig(target_nfe=...) where available)")
+        else:
+            why = "the rule never allowed a reuse at these settings"
+        msg = f"sencache: this generation reused no step, so there is no speed-up: {why}"
+        self.trace.notes.append(msg)
+        logger.warning(msg)
+
+    # --- residual store ---------------------------------------------------------------------
+    def _store_residual(self, store: dict, branch: str, rows: torch.Tensor | None, value: torch.Tensor) -> None:
+        batch = self.gen.batch
+        if rows is None:
+            store[branch] = value.detach()
+            return
+        full = store.get(branch)
+        if full is None or full.shape[1:] != value.shape[1:]:
+            full = value.new_zeros((batch, *value.shape[1:]))
+        full = full.clone()
+        full[rows] = value.detach()
+        store[branch] = full
+
+
+class SenCacheModelHook(ModelHook):
+    """On the transformer: reads branch/step/latent/timestep, resets on a new generation or an error."""
+
+    _is_stateful = True
+
+    def __init__(self, session: CacheSession):
+        super().__init__()
+        self.session = session
+        self.context_state = StateManager(_NoState)  # diffusers sets the cache context on it
+        self.signature = None
+
+    def initialize_hook(self, module):
+        self.signature = inspect.signature(type(module).forward)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.session
+        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
+        latent, timestep = bound.get("hidden_states"), bound.get("timestep")
+        if not isinstance(latent, torch.Tensor) or not isinstance(timestep, torch.Tensor):
+            return self.fn_ref.original_forward(*args, **kwargs)
+        context = self.context_state._context
+        branch = context.name if context is not None else "default"
+        step, num_steps = s._resolve_step(context, timestep, branch)
+        if not bool(torch.isfinite(latent).all()):
+            s.reset()
+            raise SenCacheError(
+                f"the latent given to the transformer at step {step} holds NaN or inf; the sampler diverged "
+                f"before caching could act (check the scheduler settings, or run without the cache to compare)"
+            )
+        s._begin_call(branch, step, num_steps, latent, timestep)
+        try:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            s._poisoned = True  # the next call starts a fresh generation with no stale residuals
+            s.call = None
+            raise
+        s._end_call()
+        return output
+
+    def reset_state(self, module):
+        self.session.reset()
+        return module
+
+
+class _NoState:
+    def reset(self):
+        pass
+
+
+def _slice_rows(value, batch: int, rows: torch.Tensor):
+    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+        return value.index_select(0, rows.to(value.device))
+    return value
+
+
+class SenCacheBlockHook(ModelHook):
+    """On each block of the stack: skip, run, or run a subset of rows, as the step's decision says."""
+
+    def __init__(self, session: CacheSession, index: int, count: int):
+        super().__init__()
+        self.session = session
+        self.is_head = index == 0
+        self.is_tail = index == count - 1
+        self.signature = None
+
+    def initialize_hook(self, module):
+        self.signature = inspect.signature(type(module).forward)
+        return module
+
+    def _arguments(self, module, args, kwargs) -> dict:
+        return self.signature.bind_partial(module, *args, **kwargs).arguments
+
+    def _pack(self, hidden, encoder):
+        st = self.session.stack
+        if st.encoder_index is None:
+            return hidden
+        out = [None] * (max(st.hidden_index, st.encoder_index) + 1)
+        out[st.hidden_index], out[st.encoder_index] = hidden, encoder
+        return tuple(out)
+
+    def _unpack(self, output):
+        st = self.session.stack
+        if st.encoder_index is None:
+            return (output[st.hidden_index] if isinstance(output, tuple) else output), None
+        return output[st.hidden_index], output[st.encoder_index]
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.session
+        call = s.call
+        if call is None:  # called outside a hooked transformer forward: behave like the plain block
+            return self.fn_ref.original_forward(*args, **kwargs)
+        st = s.stack
+        batch = s.gen.batch
+        if self.is_head:
+            bound = self._arguments(module, args, kwargs)
+            hidden = bound.get(st.hidden_arg)
+            encoder = bound.get("encoder_hidden_states") if st.encoder_index is not None else None
+            s._decide(modulation=bound.get("temb"))
+            call.head_hidden, call.head_encoder = hidden, encoder
+            if bool(call.compute.all()):
+                call.mode = "full"
+            elif not bool(call.compute.any()):
+                call.mode = "skip"
+            else:
+                call.mode = "subset"
+                call.rows = call.compute.nonzero().flatten()
+        if call.mode == "skip":
+            if self.is_head:
+                hidden = call.head_hidden + s.gen.residual[call.branch].to(call.head_hidden.dtype)
+                encoder = call.head_encoder
+                if encoder is not None and call.branch in s.gen.encoder_residual:
+                    encoder = encoder + s.gen.encoder_residual[call.branch].to(encoder.dtype)
+                return self._pack(hidden, encoder)
+            bound = self._arguments(module, args, kwargs)
+            return self._pack(bound.get(st.hidden_arg), bound.get("encoder_hidden_states"))
+        if call.mode == "subset":
+            args = tuple(_slice_rows(a, batch, call.rows) for a in args)
+            kwargs = {k: _slice_rows(v, batch, call.rows) for k, v in kwargs.items()}
+        call.ran_stack = True
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if not self.is_tail:
+            return output
+        return self._finish_stack(output)
+
+    def _finish_stack(self, output):
+        """At the last block: store the new residuals and, in subset mode, merge the rows back."""
+        s, call = self.session, self.session.call
+        gen = s.gen
+        hidden, encoder = self._unpack(output)
+        rows = call.rows if call.mode == "subset" else None
+        head_h = call.head_hidden if rows is None else call.head_hidden.index_select(0, rows.to(hidden.device))
+        s._store_residual(gen.residual, call.branch, rows, hidden - head_h)
+        if encoder is not None and call.head_encoder is not None and encoder.shape[1:] == call.head_encoder.shape[1:]:
+            head_e = call.head_encoder if rows is None else call.head_encoder.index_select(0, rows.to(encoder.device))
+            s._store_residual(gen.encoder_residual, call.branch, rows, encoder - head_e)
+        have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
+        gen.has_residual[call.branch] = have | call.compute
+        if call.branch == gen.decider_branch:
+            new_res = hidden - head_h
+            s.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
+        if rows is None:
+            return output
+        merged_h = call.head_hidden + gen.residual[call.branch].to(call.head_hidden.dtype)
+        merged_h = merged_h.index_copy(0, rows.to(merged_h.device), hidden)
+        merged_e = None
+        if encoder is not None:
+            merged_e = call.head_encoder + gen.encoder_residual[call.branch].to(call.head_encoder.dtype)
+            merged_e = merged_e.index_copy(0, rows.to(merged_e.device), encoder)
+        return self._pack(merged_h, merged_e)
+
+
+def enable(target, config, *, num_inference_steps: int | None = None) -> CacheSession:
+    """Accelerate a diffusers pipeline (or a bare transformer) with a caching rule.
+
+    ``config`` is a :class:`~sencache.SenCacheConfig` or any baseline config with ``build_rule()``.
+    Returns the :class:`CacheSession`; its ``trace`` holds the decisions of the last pipeline call.
+    Enabling again on the same transformer replaces the previous cache.
+    """
+    transformer, scheduler = split_target(target)
+    if not hasattr(config, "build_rule"):
+        raise SenCacheError(f"{type(config).__name__} is not a sencache config (SenCacheConfig, MagCacheConfig, ...)")
+    profile = getattr(config, "profile", None)
+    if profile is not None:
+        profile.check_model(transformer)
+    session = CacheSession(transformer, scheduler, config, num_inference_steps=num_inference_steps)
+    disable(transformer)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(SenCacheModelHook(session), MODEL_HOOK)
+    count = len(session.stack.blocks)
+    for index, block in enumerate(session.stack.blocks):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(
+            SenCacheBlockHook(session, index, count), BLOCK_HOOK
+        )
+    registry.invalidate_child_registries_cache()
+    return session
+
+
+def disable(target) -> None:
+    """Remove every sencache hook from the pipeline's transformer (or the transformer)."""
+    transformer, _ = split_target(target)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None:
+        registry.remove_hook(MODEL_HOOK, recurse=False)
+    for module in transformer.modules():
+        child = getattr(module, "_diffusers_hook", None)
+        if child is not None and module is not transformer:
+            child.remove_hook(BLOCK_HOOK, recurse=False)
+    if registry is not None:
+        registry.invalidate_child_registries_cache()
+
+
+def active_session(target) -> CacheSession | None:
+    transformer, _ = split_target(target)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    hook = registry.get_hook(MODEL_HOOK) if registry is not None else None
+    return hook.session if hook is not None else None
