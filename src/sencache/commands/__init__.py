@@ -1,0 +1,1 @@
+"""CLI subcommands that are glue only (the library does the work)."""
