@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 from .errors import ProfileError, SenCacheError, UnsupportedModelError
 from .hooks import CacheSession, active_session, disable, enable
 from .profile import SensitivityProfile
-from .rules.sencache import SenCacheConfig
+from .rules import FixedConfig, MagCacheConfig, NoCacheConfig, SenCacheConfig, TeaCacheConfig
 from .trace import Trace, TraceRecord
 
 __all__ = [
-    "CacheSession", "ProfileError", "SenCacheConfig", "SenCacheError", "SensitivityProfile", "Trace",
+    "CacheSession", "FixedConfig", "MagCacheConfig", "NoCacheConfig", "ProfileError", "SenCacheConfig", "TeaCacheConfig", "SenCacheError", "SensitivityProfile", "Trace",
     "TraceRecord", "UnsupportedModelError", "active_session", "disable", "enable",
 ]

@@ -232,10 +232,10 @@ class CacheSession:
         for row in range(gen.batch):
             score = None
             if decision.score is not None:
-                score = float(decision.score[row])
+                score = _finite_or_none(decision.score[row])
             self.trace.records.append(TraceRecord(
                 call=gen.call_index, step=call.step, timestep=float(call.timestep[row]), branch=call.branch,
-                sample=row, computed=bool(call.compute[row]), score=score, eps=float(decision.eps),
+                sample=row, computed=bool(call.compute[row]), score=score, eps=None if decision.eps is None or math.isnan(decision.eps) else float(decision.eps),
                 reuse_run=int(gen.reuse_run[row]) if not call.compute[row] else 0, reason=call.reasons[row],
             ))
         gen.call_index += 1
@@ -323,6 +323,11 @@ class SenCacheModelHook(ModelHook):
 class _NoState:
     def reset(self):
         pass
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value) if value is not None else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _slice_rows(value, batch: int, rows: torch.Tensor):
