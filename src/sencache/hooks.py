@@ -331,8 +331,11 @@ def _finite_or_none(value) -> float | None:
 
 
 def _slice_rows(value, batch: int, rows: torch.Tensor):
+    """Select the computed rows of every batch-first tensor, also inside tuples (rotary embeddings)."""
     if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
         return value.index_select(0, rows.to(value.device))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_slice_rows(v, batch, rows) for v in value)
     return value
 
 

@@ -1,0 +1,100 @@
+"""Tiny diffusers pipelines built from configs (no network), shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("SENCACHE_TEST_THREADS", "1")))
+
+WORDS = "a red blue circle square moving left right".split()
+
+
+def tiny_wan(num_layers: int = 2, seed: int = 0):
+    from sencache.demo_model.build import build_pipeline
+
+    pipe = build_pipeline(WORDS, seed=seed, num_layers=num_layers, num_attention_heads=2, attention_head_dim=16,
+                          ffn_dim=32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_kwargs(steps: int = 10, guidance: float = 5.0) -> dict:
+    from sencache.demo_model.build import TEXT_LEN, pipeline_size_kwargs
+
+    return dict(num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
+                max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(4, 16, 16))
+
+
+def tiny_cogvideox(seed: int = 0):
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=8,
+    )
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def cog_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(100 + seed)
+    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g),
+                negative_prompt_embeds=torch.randn(batch, 8, 16, generator=g),
+                height=64, width=64, num_frames=9, num_inference_steps=steps, guidance_scale=6.0,
+                output_type="latent", max_sequence_length=8)
+
+
+def tiny_ltx(seed: int = 0):
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, num_layers=2, caption_channels=16,
+    )
+    pipe = LTXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ltx_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(200 + seed)
+    mask = torch.ones(batch, 8)
+    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g), prompt_attention_mask=mask,
+                negative_prompt_embeds=torch.randn(batch, 8, 16, generator=g), negative_prompt_attention_mask=mask,
+                height=128, width=128, num_frames=9, num_inference_steps=steps, guidance_scale=3.0,
+                output_type="latent")
+
+
+def flat_profile(model_class: str, jx: float = 1.0, jt: float = 0.001, **meta):
+    from sencache import SensitivityProfile
+
+    return SensitivityProfile([0.0, 1000.0], [jx, jx], [jt, jt], model_class=model_class, **meta)
+
+
+class BlockCounter:
+    """Independent count of block-stack executions: a plain torch pre-hook on the first block's
+    self-attention, which runs only when the block's real forward runs (not when a hook skips it)."""
+
+    def __init__(self, transformer, attr: str):
+        self.calls = 0
+        self.handle = getattr(transformer, attr)[0].attn1.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+@pytest.fixture
+def wan_pipe():
+    return tiny_wan()
