@@ -59,3 +59,18 @@ def generate(pipe, prompt: str, seed: int, num_inference_steps: int = 50, guidan
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_clip(frames: np.ndarray, stem, scale: int = 4, fps: int = 8) -> list:
+    """Write frames (F, H, W, 3) in [0, 1] as STEM.mp4 and STEM.gif, upscaled ×scale (nearest) to be visible."""
+    from pathlib import Path
+
+    import imageio.v2 as imageio
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    big = to_uint8(frames).repeat(scale, axis=1).repeat(scale, axis=2)
+    mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
+    imageio.mimwrite(mp4, list(big), fps=fps, macro_block_size=1, quality=9)
+    imageio.mimwrite(gif, list(big), duration=1000 / fps, loop=0)
+    return [mp4, gif]

@@ -22,6 +22,11 @@ def load_pipeline(path=None):
             f"no diffusers pipeline at {path} (model_index.json missing); "
             f"train the demo model with `python -m sencache.demo_model.train` or pass --model"
         )
-    pipe = DiffusionPipeline.from_pretrained(str(path))
+    import json
+
+    index = json.loads((path / "model_index.json").read_text())
+    # components saved as [null, null] (the demo model has no VAE) must be passed as None explicitly
+    absent = {name: None for name, value in index.items() if isinstance(value, list) and value == [None, None]}
+    pipe = DiffusionPipeline.from_pretrained(str(path), **absent)
     pipe.set_progress_bar_config(disable=True)
     return pipe
