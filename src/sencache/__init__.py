@@ -9,6 +9,7 @@
 
 __version__ = "0.1.0"
 
+from .calibrate import calibrate
 from .errors import ProfileError, SenCacheError, UnsupportedModelError
 from .hooks import CacheSession, active_session, disable, enable
 from .profile import SensitivityProfile
@@ -17,5 +18,5 @@ from .trace import Trace, TraceRecord
 
 __all__ = [
     "CacheSession", "FixedConfig", "MagCacheConfig", "NoCacheConfig", "ProfileError", "SenCacheConfig", "TeaCacheConfig", "SenCacheError", "SensitivityProfile", "Trace",
-    "TraceRecord", "UnsupportedModelError", "active_session", "disable", "enable",
+    "TraceRecord", "UnsupportedModelError", "active_session", "calibrate", "disable", "enable",
 ]

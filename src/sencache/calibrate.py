@@ -28,7 +28,6 @@ a denoiser callable ``f(x, t)`` and a scheduler in, per-timestep secants out.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
 import inspect
@@ -73,6 +72,7 @@ class SampleCurves:
     jx: list[float] = field(default_factory=list)
     jt: list[float] = field(default_factory=list)
     final: torch.Tensor | None = None  # trajectory source: the sampler's final latent
+    dist: list | None = None  # trajectory source: D[j][k] = rms(x_k - x_j) over grid steps (budget mode)
 
 
 def secants(denoise: Denoiser, x, t, x_next, t_other, f_xt: torch.Tensor | None = None) -> tuple[float, float]:
@@ -110,7 +110,9 @@ def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
     timesteps = sched.timesteps
     out = SampleCurves(timesteps=[float(t) for t in timesteps])
     x = latents
+    visited = []
     for k, t in enumerate(timesteps):
+        visited.append(x)
         f = denoise(x, t)
         model_output = sampler_output(x, t, f) if sampler_output is not None else f
         x_next = sched.step(model_output, t, x, return_dict=False)[0]
@@ -121,6 +123,9 @@ def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
         if on_step is not None:
             on_step()
     out.final = x
+    from .budget import distance_matrix
+
+    out.dist = distance_matrix(visited).tolist()  # what budget mode replays the rule on
     return out
 
 
@@ -566,7 +571,7 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
             else:
                 try:
                     fields = aggregate(grid, [c for _, c in ordered], jt_curve=jt_curve)
-                    outcome = ("ok", fields)
+                    outcome = ("ok", fields, [c for _, c in ordered])
                 except SenCacheError as exc:
                     failure = exc
                     outcome = ("error", [(0, str(exc))])
@@ -608,6 +613,11 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
         sencache_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    if videos is None and all(c.dist is not None for c in outcome[2]):
+        from .budget import trajectory_metadata
+
+        metadata["trajectories"] = trajectory_metadata(grid, [np.asarray(c.dist) for c in outcome[2]],
+                                                       metadata["prompts"], metadata["seeds"])
     return SensitivityProfile(**outcome[1], metadata=metadata)
 
 
@@ -638,6 +648,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--target-nfe", type=float, default=None,
+                   help="also pick the eps whose simulated NFE on these trajectories is closest to this target "
+                        "(stored as recommended_eps; SenCacheConfig(profile, target_nfe=N) does the same at load)")
     p.set_defaults(func=run_cli)
 
 
@@ -670,53 +683,7 @@ def resolve_model_dir(model) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _quiet_loading(quiet: bool):
-    """Hide diffusers' and transformers' loading bars (restored afterwards)."""
-    if not quiet:
-        yield
-        return
-    from diffusers.utils import logging as d_logging
-    from transformers.utils import logging as t_logging
-
-    was = (d_logging.is_progress_bar_enabled(), t_logging.is_progress_bar_enabled())
-    d_logging.disable_progress_bar()
-    t_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            d_logging.enable_progress_bar()
-        if was[1]:
-            t_logging.enable_progress_bar()
-
-
-def load_pipeline(path: Path, device=None, dtype: str = "float32", progress: bool = True):
-    """``DiffusionPipeline.from_pretrained(path)``, with components saved as null (the demo's vae) kept None."""
-    import json
-
-    from diffusers import DiffusionPipeline
-
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-    except (OSError, ValueError):
-        raise SenCacheError(f"{path} is not a diffusers pipeline folder (no readable model_index.json); "
-                            f"pass --model DIR written by save_pretrained") from None
-    absent = {k: None for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is None}
-    kwargs = {} if dtype == "float32" else {"dtype": getattr(torch, dtype)}
-    with _quiet_loading(not progress):
-        try:
-            pipe = DiffusionPipeline.from_pretrained(str(path), **absent, **kwargs)
-        except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, ... for a bad folder
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            why = lines[0] if lines else type(exc).__name__
-            if "low_cpu_mem_usage" in why:
-                why = "diffusers needs the `accelerate` package to load this model (pip install accelerate)"
-            raise SenCacheError(f"cannot load a diffusers pipeline from {path}: {why}") from None
-    pipe.to(device if device is not None else dist.default_device())
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    return pipe
+from .loading import load_pipeline  # noqa: E402  (re-exported: calibrate's CLI loads models)
 
 
 def run_cli(args) -> int:
@@ -731,6 +698,12 @@ def run_cli(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise SenCacheError(f"--out {out} is a folder; give a file name like {out / 'profile.json'}")
+    target_nfe = getattr(args, "target_nfe", None)
+    if target_nfe is not None:
+        if not (math.isfinite(target_nfe) and 1 <= target_nfe <= args.steps):
+            raise SenCacheError(f"--target-nfe must be between 1 and --steps {args.steps} (got {target_nfe:g})")
+        if args.videos is not None:
+            raise SenCacheError("--target-nfe needs sampling trajectories; it cannot be combined with --videos")
     prompts = read_prompts(args.prompts) if args.prompts else None
     if prompts is None and args.videos is None:
         raise SenCacheError("pass --prompts FILE (one prompt per line), or --videos DIR")
@@ -749,6 +722,12 @@ def run_cli(args) -> int:
                         **kwargs)
     if dist.is_main():
         profile.metadata["model_dir"] = str(model_dir)
+        if target_nfe is not None:
+            from .budget import recommend
+
+            budget = recommend(profile, target_nfe)
+            print(f"budget: eps={budget['eps']:.4g} gives a simulated mean NFE of {budget['simulated_nfe']:g} "
+                  f"(target {target_nfe:g} of {args.steps}) on the {budget['trajectories']} calibration trajectories")
         profile.save(out)
         print(f"wrote {out}: {len(profile.timesteps)} timesteps, J_x {min(profile.jx):.4g}..{max(profile.jx):.4g}, "
               f"J_t {min(profile.jt):.4g}..{max(profile.jt):.4g} ({profile.metadata['branch']} branch, "

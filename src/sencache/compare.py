@@ -438,7 +438,7 @@ def tune_threshold(pipe, method: str, target_nfe: float, prompts: Sequence[str],
                 hi = mid
         nfe(lo), nfe(hi)
     else:
-        lo, hi = bounds if bounds else (min(spec.sweep) / 4, max(spec.sweep) * 4)
+        lo, hi = bounds if bounds else (float(f"{min(spec.sweep) / 4:.3g}"), float(f"{max(spec.sweep) * 4:.3g}"))
         for _ in range(3):  # widen until the bracket holds the target
             if nfe(lo) < target_nfe:
                 lo /= 8
@@ -447,7 +447,9 @@ def tune_threshold(pipe, method: str, target_nfe: float, prompts: Sequence[str],
             else:
                 break
         for _ in range(iterations):
-            mid = math.sqrt(lo * hi)
+            mid = float(f"{math.sqrt(lo * hi):.3g}")  # 3 significant digits: the stored value is the one measured
+            if mid in (lo, hi):
+                break
             if nfe(mid) > target_nfe:
                 lo = mid
             else:
@@ -499,7 +501,22 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", default="sencache_compare", help="output folder (default sencache_compare/)")
     p.add_argument("--report", action="store_true", help="also write side_by_side.mp4/.gif and report.html")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    add_threads_argument(p)
     p.set_defaults(func=_run_cli)
+
+
+def add_threads_argument(parser) -> None:
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the demo model is small, and more threads than free "
+                             "cores slow torch down many times over)")
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    if n < 1:
+        raise SenCacheError("--threads must be at least 1")
+    torch.set_num_threads(n)
 
 
 def load_model(path):
@@ -546,6 +563,7 @@ def _run_cli(args) -> int:
 
     for m in args.methods:
         get_method(m)  # unknown names fail before anything loads
+    set_threads(args.threads)
     if args.steps < 2:
         raise SenCacheError("--steps must be at least 2")
     prompts = read_prompts(args.prompts)

@@ -36,6 +36,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--profile", default=None, help="sensitivity profile (default: the demo model's)")
     p.add_argument("--retune", action="store_true", help="search the thresholds again even if stored")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    from ..compare import add_threads_argument
+
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
@@ -51,7 +54,7 @@ def choose_settings(pipe, baselines, baselines_path, profile, methods, steps: in
                     guidance: float, retune: bool = False, log=print) -> dict[str, dict]:
     """Threshold per method for ``target_nfe``: stored in the baselines, or tuned on a calibration prompt."""
     from ..compare import tune_threshold
-    from ..methods import MethodContext
+    from ..methods import MethodContext, get_method
 
     ctx = MethodContext(num_inference_steps=steps, profile=profile, baselines=baselines)
     prompts, seeds = baselines.calibration_prompts[:1], baselines.calibration_seeds[:1]
@@ -65,7 +68,8 @@ def choose_settings(pipe, baselines, baselines_path, profile, methods, steps: in
         start = time.perf_counter()
         found = tune_threshold(pipe, method, target_nfe, prompts, seeds, ctx, guidance_scale=guidance, iterations=6)
         found["seconds"] = round(time.perf_counter() - start, 1)
-        log(f"  {method}: threshold {found['value']:.4g} gives NFE {found['nfe']:g} on the calibration prompt "
+        param = get_method(method).param
+        log(f"  {method}: {param} {found['value']:g} gives NFE {found['nfe']:g} on the calibration prompt "
             f"({len(found['evaluations'])} runs, {found['seconds']:.0f} s)")
         baselines.settings[key] = found
         chosen[method] = found
@@ -105,7 +109,7 @@ def run_demo(pipe, profile, out_dir, n_prompts: int = 4, steps: int = 50, seed: 
     chosen = choose_settings(pipe, baselines, baselines_path, profile, DEMO_METHODS, steps, target_nfe, guidance,
                              retune=retune, log=log)
     values = {m: chosen[m]["value"] for m in DEMO_METHODS}
-    log("  " + ", ".join(f"{m} {values[m]:.4g} (NFE {chosen[m]['nfe']:g} on calibration)" for m in DEMO_METHODS))
+    log("  " + ", ".join(f"{m} {values[m]:g} (NFE {chosen[m]['nfe']:g} on calibration)" for m in DEMO_METHODS))
     log(f"running uncached + {', '.join(DEMO_METHODS)} on {len(prompts)} held-out prompt(s), seed {seed}")
     results = compare(pipe, prompts, [seed], list(DEMO_METHODS), num_inference_steps=steps,
                       guidance_scale=guidance, out_dir=out, profile=profile, baselines=baselines, values=values,
@@ -122,13 +126,14 @@ def run_demo(pipe, profile, out_dir, n_prompts: int = 4, steps: int = 50, seed: 
 
 def run(args) -> int:
     from ..baseline_calibration import default_baselines_path
-    from ..compare import load_model
+    from ..compare import load_model, set_threads
     from ..demo_model import DEFAULT_MODEL_DIR, DEFAULT_PROFILE
     from ..errors import SenCacheError
     from ..profile import SensitivityProfile
     from ..report import text_table
 
     start = time.perf_counter()
+    set_threads(args.threads)
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     profile_path = Path(args.profile) if args.profile else DEFAULT_PROFILE
     pipe = load_model(model)

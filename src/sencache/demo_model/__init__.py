@@ -10,23 +10,8 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
 DEFAULT_PROFILE = DEFAULT_MODEL_DIR / "sencache_profile.json"
 
 
-def load_pipeline(path=None):
-    """Load the demo model (or any diffusers pipeline folder) on the CPU, with a clear error if missing."""
-    from diffusers import DiffusionPipeline
+def load_pipeline(path=None, **kwargs):
+    """Load the demo model (or any diffusers pipeline folder); see :func:`sencache.loading.load_pipeline`."""
+    from ..loading import load_pipeline as _load
 
-    from ..errors import SenCacheError
-
-    path = Path(path) if path is not None else DEFAULT_MODEL_DIR
-    if not (path / "model_index.json").exists():
-        raise SenCacheError(
-            f"no diffusers pipeline at {path} (model_index.json missing); "
-            f"train the demo model with `python -m sencache.demo_model.train` or pass --model"
-        )
-    import json
-
-    index = json.loads((path / "model_index.json").read_text())
-    # components saved as [null, null] (the demo model has no VAE) must be passed as None explicitly
-    absent = {name: None for name, value in index.items() if isinstance(value, list) and value == [None, None]}
-    pipe = DiffusionPipeline.from_pretrained(str(path), **absent)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _load(path, **kwargs)

@@ -7,12 +7,26 @@ there, not step to step); the sensitivities are looked up once, at t_ref. A samp
 S ≤ ε(step) and it has reused fewer than ``max_reuse`` steps in a row. ε is ``eps_start`` during
 the first ``warmup_fraction`` of the steps (the early, structure-forming steps) and ``eps`` after.
 The first step and the last ``final_steps`` steps always compute; a non-finite S always refreshes.
+
+Beyond the paper (all off by default, so the default rule is exactly the one above):
+
+* **Budget mode** — ``target_nfe=N`` (or ``target_speedup=x``, i.e. N = T/x) picks ``eps`` by
+  simulating this very rule offline on the calibration trajectories stored in the profile
+  (:mod:`sencache.budget`); ``eps_start`` follows as ``eps / 10`` unless given.
+* **ε schedule** — ``eps_schedule`` (an :class:`EpsSchedule` or a preset name) makes the
+  post-warm-up threshold ``eps · g(s)`` with s = step / (T − 1); the warm-up keeps ``eps_start``.
+* **Per-sample correction** — ``correction=True``: at every refresh the rule compares the real
+  change of the sample's block-stack residual since its previous refresh with the S it predicted
+  for that interval, and scales the sample's future S by a bounded, smoothed ratio (see
+  :meth:`SenCacheRule.observe_refresh` for the units).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,7 +34,124 @@ from ..errors import SenCacheError
 from ..profile import SensitivityProfile
 from .base import Decision, StepInput, in_final_steps, rms_per_sample
 
+logger = logging.getLogger("sencache")
 
+
+# --------------------------------------------------------------------------------------------
+# ε schedules
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpsSchedule:
+    """A shape g(s) ≥ 0 over normalised time s = step / (T − 1) ∈ [0, 1]; ε(step) = eps · g(s).
+
+    kinds (``params``):
+      * ``"knots"`` — piecewise-linear through ``knots = ((s0, g0), (s1, g1), ...)``, s increasing
+        in [0, 1], constant beyond the first and last knot. ``EpsSchedule.linear(a, b)`` is
+        g(s) = a + b·s; ``EpsSchedule.constant()`` is g ≡ 1 (the paper's fixed ε).
+      * ``"power"`` — g(s) = ((1 + s) / 1.5) ** p: smooth, g(0.5) = 1, rising for p > 0.
+    The scale ``eps`` is the config's (budget mode picks it), so only the shape matters here.
+    """
+
+    kind: str = "knots"
+    knots: tuple = ((0.0, 1.0), (1.0, 1.0))
+    p: float = 0.0
+    name: str = ""
+
+    def __post_init__(self):
+        if self.kind == "knots":
+            try:
+                knots = tuple((float(s), float(g)) for s, g in self.knots)
+            except (TypeError, ValueError):
+                raise SenCacheError("EpsSchedule knots must be pairs (s, g) of numbers") from None
+            if not knots:
+                raise SenCacheError("EpsSchedule needs at least one knot (s, g)")
+            ss = [s for s, _ in knots]
+            if any(not (0.0 <= s <= 1.0) for s in ss) or any(b < a for a, b in zip(ss, ss[1:])):
+                raise SenCacheError(f"EpsSchedule knot positions must be non-decreasing in [0, 1] (got {ss})")
+            if any(not math.isfinite(g) or g < 0 for _, g in knots):
+                raise SenCacheError("EpsSchedule knot values must be finite and >= 0")
+            object.__setattr__(self, "knots", knots)
+        elif self.kind == "power":
+            if not math.isfinite(float(self.p)):
+                raise SenCacheError(f"EpsSchedule power p must be finite (got {self.p!r})")
+            object.__setattr__(self, "p", float(self.p))
+        else:
+            raise SenCacheError(f"EpsSchedule kind must be 'knots' or 'power' (got {self.kind!r})")
+
+    # --- constructors ---------------------------------------------------------------------
+    @classmethod
+    def constant(cls) -> "EpsSchedule":
+        return cls("knots", ((0.0, 1.0), (1.0, 1.0)), name="constant")
+
+    @classmethod
+    def linear(cls, a: float, b: float, name: str = "") -> "EpsSchedule":
+        """g(s) = a + b·s."""
+        return cls("knots", ((0.0, a), (1.0, a + b)), name=name or f"linear({a:g},{b:+g})")
+
+    @classmethod
+    def power(cls, p: float, name: str = "") -> "EpsSchedule":
+        return cls("power", p=p, name=name or f"power({p:g})")
+
+    @classmethod
+    def from_knots(cls, knots, name: str = "") -> "EpsSchedule":
+        return cls("knots", tuple(knots), name=name or "knots")
+
+    # --- evaluation -----------------------------------------------------------------------
+    def __call__(self, s: float) -> float:
+        s = min(max(float(s), 0.0), 1.0)
+        if self.kind == "power":
+            return ((1.0 + s) / 1.5) ** self.p
+        knots = self.knots
+        if s <= knots[0][0]:
+            return knots[0][1]
+        for (s0, g0), (s1, g1) in zip(knots, knots[1:]):
+            if s <= s1:
+                return g1 if s1 == s0 else g0 + (s - s0) / (s1 - s0) * (g1 - g0)
+        return knots[-1][1]
+
+    def factor(self, step: int, num_steps: int) -> float:
+        return self(step / (num_steps - 1) if num_steps > 1 else 0.0)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name or self.kind}
+        if self.kind == "knots":
+            out["knots"] = [list(k) for k in self.knots]
+        else:
+            out["p"] = self.p
+        return out
+
+
+SCHEDULE_PRESETS: dict[str, EpsSchedule] = {
+    "constant": EpsSchedule.constant(),
+    "rising": EpsSchedule.linear(0.5, 1.0, name="rising"),  # 0.5 → 1.5
+    "falling": EpsSchedule.linear(1.5, -1.0, name="falling"),  # 1.5 → 0.5
+    "hump": EpsSchedule.from_knots(((0.0, 0.5), (0.5, 1.5), (1.0, 0.5)), name="hump"),
+    "late-strict": EpsSchedule.from_knots(((0.0, 1.0), (0.7, 1.0), (1.0, 0.25)), name="late-strict"),
+    "power2": EpsSchedule.power(2.0, name="power2"),
+}
+
+
+def as_schedule(value) -> EpsSchedule | None:
+    """None, an :class:`EpsSchedule`, a preset name, a dict from :meth:`EpsSchedule.to_dict`, or knots."""
+    if value is None or isinstance(value, EpsSchedule):
+        return value
+    if isinstance(value, str):
+        if value not in SCHEDULE_PRESETS:
+            raise SenCacheError(f"unknown eps schedule {value!r}; presets: {', '.join(SCHEDULE_PRESETS)}")
+        return SCHEDULE_PRESETS[value]
+    if isinstance(value, dict):
+        kind = value.get("kind", "knots")
+        if kind == "power":
+            return EpsSchedule("power", p=value.get("p", 0.0), name=value.get("name", ""))
+        return EpsSchedule("knots", tuple(tuple(k) for k in value.get("knots", ())), name=value.get("name", ""))
+    if isinstance(value, (list, tuple)):
+        return EpsSchedule.from_knots(value)
+    raise SenCacheError(f"eps_schedule must be an EpsSchedule, a preset name or knots (got {type(value).__name__})")
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
 @dataclass
 class SenCacheConfig:
     profile: SensitivityProfile
@@ -29,6 +160,14 @@ class SenCacheConfig:
     warmup_fraction: float = 0.2
     max_reuse: int = 3
     final_steps: int = 1
+    # --- beyond the paper (defaults keep the rule above) ---
+    target_nfe: float | None = None  # budget mode: eps is chosen so the calibration trajectories hit this NFE
+    target_speedup: float | None = None  # budget mode: target_nfe = T / target_speedup
+    eps_schedule: Any = None  # EpsSchedule or preset name: post-warm-up ε(step) = eps · g(step / (T - 1))
+    correction: bool = False  # per-sample correction of S from observed residual changes
+    correction_bounds: tuple = (0.5, 2.0)
+    correction_momentum: float = 0.5  # weight of the old factor in the running mean
+    budget: dict | None = field(default=None, repr=False)  # filled by budget mode: chosen eps, simulated NFE
 
     name = "sencache"
 
@@ -38,6 +177,13 @@ class SenCacheConfig:
                 "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
                 "or measure one with `sencache calibrate`"
             )
+        self.eps_schedule = as_schedule(self.eps_schedule)
+        self._check_correction()
+        if self.target_nfe is not None or self.target_speedup is not None:
+            from ..budget import resolve_budget  # budget simulates this rule, so it imports this module
+
+            resolve_budget(self)  # sets eps, eps_start (eps / 10 unless given) and budget
+        self.eps_start_tied = self.eps_start is None  # budget mode's simulation keeps the tie
         if self.eps_start is None:
             self.eps_start = self.eps / 10 if math.isfinite(self.eps) else self.eps
         for field_name in ("eps", "eps_start"):
@@ -51,13 +197,53 @@ class SenCacheConfig:
         if not isinstance(self.final_steps, int) or self.final_steps < 0:
             raise SenCacheError(f"final_steps must be an integer >= 0 (got {self.final_steps!r})")
 
+    def _check_correction(self) -> None:
+        try:
+            lo, hi = (float(v) for v in self.correction_bounds)
+        except (TypeError, ValueError):
+            raise SenCacheError(f"correction_bounds must be (low, high) (got {self.correction_bounds!r})") from None
+        if not (0 < lo <= 1.0 <= hi < math.inf):
+            raise SenCacheError(f"correction_bounds must satisfy 0 < low <= 1 <= high < inf (got {(lo, hi)})")
+        self.correction_bounds = (lo, hi)
+        m = self.correction_momentum
+        if not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+            raise SenCacheError(f"correction_momentum must be in [0, 1) (got {m!r})")
+        if self.correction:
+            correction_normaliser(self.profile)  # fail now, not mid-generation
+
+    def warmup_steps(self, num_steps: int) -> int:
+        return round(self.warmup_fraction * num_steps)
+
     def eps_at(self, step: int, num_steps: int) -> float:
-        return self.eps_start if step < round(self.warmup_fraction * num_steps) else self.eps
+        if step < self.warmup_steps(num_steps):
+            return self.eps_start
+        if self.eps_schedule is not None:
+            return self.eps * self.eps_schedule.factor(step, num_steps)
+        return self.eps
 
     def build_rule(self) -> "SenCacheRule":
         return SenCacheRule(self)
 
 
+def correction_normaliser(profile: SensitivityProfile) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, ratio) of the profile's residual-change normaliser (see :func:`sencache.budget.calibrate_correction`)."""
+    info = profile.metadata.get("correction")
+    if not isinstance(info, dict) or not info.get("timesteps") or not info.get("ratio"):
+        raise SenCacheError(
+            "correction=True needs the profile's residual-change normaliser (metadata['correction']); add it with "
+            "sencache.budget.calibrate_correction(pipe, profile, prompts) and save the profile"
+        )
+    t = torch.tensor([float(v) for v in info["timesteps"]], dtype=torch.float64)
+    r = torch.tensor([float(v) for v in info["ratio"]], dtype=torch.float64)
+    if t.numel() != r.numel() or not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
+        raise SenCacheError("the profile's correction normaliser is malformed; rerun calibrate_correction")
+    order = torch.argsort(t)
+    return t[order], r[order]
+
+
+# --------------------------------------------------------------------------------------------
+# rule
+# --------------------------------------------------------------------------------------------
 @dataclass
 class SenCacheState:
     x_ref: torch.Tensor | None = None  # (B, ...) latent at each sample's last refresh
@@ -65,6 +251,13 @@ class SenCacheState:
     jx_ref: torch.Tensor | None = None  # (B,) float64, ‖J_x‖ looked up at t_ref
     jt_ref: torch.Tensor | None = None
     reuse_run: torch.Tensor | None = None  # (B,) consecutive reuses since the last refresh
+    # per-sample correction (only used with correction=True)
+    factor: torch.Tensor | None = None  # (B,) float64, multiplies S
+    residual_ref: torch.Tensor | None = None  # (B, ...) cond-branch residual at the last refresh
+    has_residual: torch.Tensor | None = None  # (B,) bool
+    pending_s: torch.Tensor | None = None  # (B,) raw S of the interval that ended with this step's refresh
+    pending_t: torch.Tensor | None = None  # (B,) t_ref at the start of that interval
+    last_ratio: torch.Tensor | None = None  # (B,) last observed (normalised) real / predicted, NaN if none
 
 
 def predicted_change(state: SenCacheState, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -79,6 +272,8 @@ class SenCacheRule:
 
     def __init__(self, config: SenCacheConfig):
         self.config = config
+        self._norm = correction_normaliser(config.profile) if config.correction else None
+        self._warned_steps = False
 
     def new_state(self, batch_size: int) -> SenCacheState:
         return SenCacheState()
@@ -86,14 +281,17 @@ class SenCacheRule:
     def decide(self, state: SenCacheState, inp: StepInput) -> Decision:
         cfg = self.config
         batch = inp.latent.shape[0]
+        self._check_budget_steps(inp.num_steps)
         eps = cfg.eps_at(inp.step, inp.num_steps)
         t = inp.timestep.reshape(batch, -1)[:, 0]
+        raw = None
         if state.x_ref is None or state.x_ref.shape != inp.latent.shape:
             reuse = torch.zeros(batch, dtype=torch.bool)
             score = None
             reasons = ["first"] * batch
         else:
-            score = predicted_change(state, inp.latent, t)
+            raw = predicted_change(state, inp.latent, t)
+            score = raw * state.factor if cfg.correction else raw
             finite = torch.isfinite(score)
             under = finite & (score <= eps)
             room = state.reuse_run < cfg.max_reuse
@@ -105,8 +303,19 @@ class SenCacheRule:
             if in_final_steps(inp.step, inp.num_steps, cfg.final_steps):
                 reuse = torch.zeros_like(reuse)
                 reasons = ["final"] * batch
+        if cfg.correction:
+            self._note_interval(state, batch, raw, reuse)
         self._advance(state, inp, t, reuse)
         return Decision(reuse=reuse, score=score, eps=eps, reason=reasons)
+
+    def _check_budget_steps(self, num_steps: int) -> None:
+        budget = self.config.budget
+        if budget and not self._warned_steps and budget.get("num_steps") not in (None, num_steps):
+            self._warned_steps = True
+            logger.warning(
+                f"sencache: eps={self.config.eps:.4g} was chosen for {budget['num_steps']} steps "
+                f"(target NFE {budget.get('target_nfe')}), but this generation has {num_steps}; "
+                f"recalibrate with --steps {num_steps} for a budget at this step count")
 
     def _advance(self, state: SenCacheState, inp: StepInput, t: torch.Tensor, reuse: torch.Tensor) -> None:
         refresh = ~reuse
@@ -125,5 +334,69 @@ class SenCacheRule:
             state.jt_ref[refresh] = jt[refresh]
         state.reuse_run = torch.where(reuse, state.reuse_run + 1, torch.zeros_like(state.reuse_run))
 
+    # --- per-sample correction -------------------------------------------------------------
+    def _note_interval(self, state: SenCacheState, batch: int, raw: torch.Tensor | None, reuse: torch.Tensor) -> None:
+        """Before the references move: remember, for the rows that refresh now, the S predicted for the
+        interval since their previous refresh and where that interval started."""
+        if state.factor is None or state.factor.shape[0] != batch or raw is None:
+            state.factor = torch.ones(batch, dtype=torch.float64)
+            state.has_residual = torch.zeros(batch, dtype=torch.bool)
+            state.last_ratio = torch.full((batch,), math.nan, dtype=torch.float64)
+            state.residual_ref = None
+            state.pending_s = torch.full((batch,), math.nan, dtype=torch.float64)
+            state.pending_t = torch.full((batch,), math.nan, dtype=torch.float64)
+            return
+        refresh = ~reuse.cpu()
+        state.pending_s = torch.where(refresh, raw, torch.full_like(raw, math.nan))
+        state.pending_t = torch.where(refresh, state.t_ref, torch.full_like(raw, math.nan))
+
+    def normaliser_at(self, t: torch.Tensor) -> torch.Tensor:
+        from ..profile import _interp
+
+        ts, ratio = self._norm
+        return _interp(t.double().reshape(-1), ts, ratio)
+
     def observe_refresh(self, state, inp, rows, residual) -> None:
-        return None
+        """Per-sample correction (``correction=True`` only; otherwise nothing to learn).
+
+        Units: S predicts the RMS change of the model *output*, but the rule sees the block-stack
+        *residual* (hidden width, not output units). The real change of a refreshed sample is
+        q = rms(r_now − r_prev) / (S_pred · ρ̄(t_prev)), where ρ̄(t) is the population's typical
+        rms(Δr) / S for intervals starting at t, measured on uncached calibration trajectories
+        (:func:`sencache.budget.calibrate_correction`). So q = 1 means "this sample changed exactly as
+        much as S predicts for an average sample", q = 2 "twice as much". The factor follows
+        c ← clamp(m·c + (1 − m)·q, low, high) with m = ``correction_momentum``, and the next
+        decisions compare c·S with ε. Both S and rms(Δr) accumulate from the previous refresh, so
+        every refresh after the first gives one observation per sample, reused or not in between.
+        """
+        if not self.config.correction or residual is None:
+            return
+        batch = rows.shape[0]
+        if state.factor is None or state.factor.shape[0] != batch:
+            return
+        rows = rows.cpu().bool()
+        idx = rows.nonzero().flatten()
+        if idx.numel() == 0:
+            return
+        new = residual.detach().float()
+        if state.residual_ref is None or state.residual_ref.shape[1:] != new.shape[1:]:
+            state.residual_ref = new.new_zeros((batch, *new.shape[1:]))
+            state.has_residual = torch.zeros(batch, dtype=torch.bool)
+        prev = state.residual_ref.index_select(0, idx.to(new.device))
+        real = rms_per_sample(new - prev).double().cpu()
+        s_pred = state.pending_s.index_select(0, idx)
+        t_prev = state.pending_t.index_select(0, idx)
+        had = state.has_residual.index_select(0, idx)
+        ok = had & torch.isfinite(s_pred) & (s_pred > 0) & torch.isfinite(t_prev) & torch.isfinite(real)
+        if bool(ok.any()):
+            norm = self.normaliser_at(torch.where(ok, t_prev, torch.zeros_like(t_prev)))
+            q = real / (s_pred * norm)
+            lo, hi = self.config.correction_bounds
+            m = self.config.correction_momentum
+            old = state.factor.index_select(0, idx)
+            upd = (m * old + (1.0 - m) * q).clamp(lo, hi)
+            state.factor[idx[ok]] = upd[ok]
+            state.last_ratio[idx[ok]] = q[ok]
+        state.residual_ref[idx.to(new.device)] = new
+        state.has_residual[idx] = True
+        state.pending_s[idx] = math.nan
