@@ -498,7 +498,7 @@ def calibrate_correction(pipe, profile, prompts: Sequence[str], seeds: Sequence[
 # --------------------------------------------------------------------------------------------
 def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, seeds: Sequence[int] = (0,),
                       schedules=None, guidance_scale: float = 5.0, use_lpips: bool = False, progress: bool = True,
-                      **config_kwargs) -> dict:
+                      num_inference_steps: int | None = None, **config_kwargs) -> dict:
     """Fixed ε against ε schedules at equal (simulated) NFE, on held-out ``prompts``.
 
     Every schedule (default: the presets in :data:`sencache.rules.sencache.SCHEDULE_PRESETS`;
@@ -518,6 +518,9 @@ def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, 
     if profile.metadata.get("prompts"):
         check_disjoint(profile.metadata["prompts"], prompts, "the sensitivity profile's calibration")
     T = trajectories_of(profile).num_steps
+    if num_inference_steps is not None and int(num_inference_steps) != T:
+        raise SenCacheError(f"the profile's trajectories have {T} steps, so budget mode can only pick eps for {T}; "
+                            f"recalibrate with --steps {num_inference_steps} or compare at {T} steps")
     named = schedules if schedules is not None else dict(SCHEDULE_PRESETS)
     if not isinstance(named, dict):
         named = {(as_schedule(s).name or str(s)): s for s in named}

@@ -47,6 +47,7 @@ __all__ = [
     "shard_jobs",
     "summarize",
     "tune_threshold",
+    "tune_values",
     "write_outputs",
 ]
 
@@ -109,22 +110,18 @@ def plan_variants(methods: Sequence[str], sweep: bool = False, values: dict | No
         if reason is not None:
             skipped[name] = reason
             continue
-        if spec.param is None:
-            variants.append(Variant(name, None, name, True))
+        if spec.param is None:  # "none": a second uncached run, keyed apart from the reference itself
+            variants.append(Variant(name, None, f"{name}@rerun", True))
             continue
-        if name in values:
-            chosen = values[name] if isinstance(values[name], (list, tuple)) else [values[name]]
-        elif sweep:
-            chosen = list(spec.sweep)
-            if spec.default not in chosen:
-                chosen.append(spec.default)
-        else:
-            chosen = [spec.default]
-        chosen = sorted({spec.coerce(v) for v in chosen})
-        primary = spec.coerce(values[name][0] if name in values and isinstance(values[name], (list, tuple))
-                              else values.get(name, spec.default))
-        if primary not in chosen:
+        pinned = values.get(name)
+        if pinned is not None:
+            chosen = list(pinned) if isinstance(pinned, (list, tuple)) else [pinned]
             primary = chosen[0]
+        else:
+            chosen = [*spec.sweep, spec.default] if sweep else [spec.default]
+            primary = spec.default
+        primary = spec.coerce(primary)
+        chosen = sorted({spec.coerce(v) for v in chosen})
         for v in chosen:
             variants.append(Variant(name, v, f"{name}@{spec.setting_id(v)}", v == primary))
     return variants, skipped
@@ -147,7 +144,7 @@ def _metrics(ref: np.ndarray, test: np.ndarray, use_lpips: bool) -> dict:
 
     m = video_metrics(ref, test, lpips=use_lpips)
     psnr = float(m["psnr"])
-    return {"psnr": min(psnr, PSNR_CAP), "psnr_capped": psnr >= PSNR_CAP, "ssim": float(m["ssim"]),
+    return {"psnr": min(psnr, PSNR_CAP), "psnr_capped": psnr >= PSNR_CAP, "ssim": _finite(m["ssim"]),
             "lpips": _finite(m.get("lpips"))}
 
 
@@ -328,7 +325,8 @@ def calibration_info(profile=None, baselines=None, profile_path=None, baselines_
     if profile is not None:
         meta = profile.metadata
         info["profile"] = {"path": str(profile_path) if profile_path else None,
-                           "prompts": list(meta.get("prompts") or []), "seeds": list(meta.get("seeds") or []),
+                           "prompts": list(dict.fromkeys(meta.get("prompts") or [])),
+                           "seeds": list(dict.fromkeys(meta.get("seeds") or [])),
                            "num_samples": meta.get("num_samples")}
     return info
 
@@ -409,18 +407,19 @@ def measure_nfe(pipe, method: str, value, ctx: MethodContext, prompts: Sequence[
 
 def tune_threshold(pipe, method: str, target_nfe: float, prompts: Sequence[str], seeds: Sequence[int] = (0,),
                    ctx: MethodContext | None = None, guidance_scale: float = 5.0, iterations: int = 7,
-                   bounds: tuple[float, float] | None = None) -> dict:
+                   bounds: tuple[float, float] | None = None, cache: dict | None = None) -> dict:
     """The setting of ``method`` whose mean NFE on ``prompts`` comes closest to ``target_nfe``.
 
     NFE falls as the threshold rises, so a bisection (geometric for thresholds, integer for intervals)
     brackets the target. Use calibration prompts here, never the evaluation prompts.
-    Returns {"method", "value", "nfe", "target_nfe", "evaluations": [[value, nfe], ...]}.
+    Returns {"method", "value", "nfe", "target_nfe", "evaluations": [[value, nfe], ...]}. Pass the same
+    ``cache`` dict to several calls (same method, prompts and steps) to share the runs between targets.
     """
     ctx = ctx or MethodContext()
     spec = get_method(method)
     if spec.param is None:
         raise SenCacheError(f"{method} has no threshold to tune")
-    seen: dict = {}
+    seen: dict = cache if cache is not None else {}
 
     def nfe(v):
         v = spec.coerce(v)
@@ -462,6 +461,44 @@ def tune_threshold(pipe, method: str, target_nfe: float, prompts: Sequence[str],
             "evaluations": sorted([[k, v] for k, v in seen.items()])}
 
 
+def tune_values(pipe, methods: Sequence[str], targets: Sequence[float], prompts: Sequence[str],
+                seeds: Sequence[int] = (0,), ctx: MethodContext | None = None, guidance_scale: float = 5.0,
+                progress: bool = True) -> tuple[dict[str, list], dict[str, list[dict]]]:
+    """Per method, the thresholds that hit each target NFE on ``prompts`` (calibration prompts).
+
+    Returns (values for :func:`compare`, the tuning records). Methods without a threshold are left out.
+    """
+    from tqdm.auto import tqdm
+
+    values, records = {}, {}
+    todo = [m for m in methods if get_method(m).param is not None]
+    bar = tqdm(total=len(todo) * len(targets), desc="tune thresholds", disable=not progress, leave=False)
+    for m in todo:
+        cache: dict = {}
+        records[m] = []
+        for target in targets:
+            records[m].append(tune_threshold(pipe, m, target, prompts, seeds, ctx, guidance_scale, cache=cache))
+            bar.update(1)
+        values[m] = list(dict.fromkeys(r["value"] for r in records[m]))
+    bar.close()
+    return values, records
+
+
+def parse_set(items: Sequence[str]) -> dict[str, list]:
+    """``["magcache=0.1,0.2", "fixed=3"]`` -> ``{"magcache": [0.1, 0.2], "fixed": [3.0]}``."""
+    out: dict[str, list] = {}
+    for item in items or ():
+        name, sep, rest = item.partition("=")
+        if not sep or not rest:
+            raise SenCacheError(f"--set takes METHOD=VALUE[,VALUE...], got {item!r}")
+        get_method(name.strip())
+        try:
+            out[name.strip()] = [float(v) for v in rest.split(",") if v.strip()]
+        except ValueError:
+            raise SenCacheError(f"--set {item!r}: values must be numbers") from None
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
@@ -493,6 +530,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=["sencache", "magcache", "magcache-final", "teacache", "fixed"],
                    metavar="METHOD", help=f"from: {', '.join(METHODS)}")
     p.add_argument("--sweep", action="store_true", help="run every method over its list of thresholds")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD=V[,V...]",
+                   help="pin a method's threshold(s), e.g. --set magcache=0.1,0.2 (repeatable)")
+    p.add_argument("--nfe-targets", type=float, nargs="+", default=None, metavar="NFE",
+                   help="instead of fixed thresholds: for each method, find the thresholds that give these NFEs on "
+                        "the first calibration prompt, then evaluate those")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     p.add_argument("--profile", default=None, help="sensitivity profile JSON (default: the demo model's)")
@@ -519,26 +561,6 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load_model(path):
-    """:func:`sencache.demo_model.load_pipeline`, retried with ``vae=None`` for a pixel-space folder.
-
-    diffusers writes ``"vae": [null, null]`` for a pipeline saved with ``vae=None`` but then refuses to load
-    it unless ``vae=None`` is passed again.
-    """
-    from .demo_model import load_pipeline
-
-    try:
-        return load_pipeline(path)
-    except ValueError as exc:
-        if "vae" not in str(exc):
-            raise
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(path), vae=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _needs(methods: Sequence[str]) -> set[str]:
     needs = set()
     for m in methods:
@@ -560,6 +582,7 @@ def load_profile_if_needed(path, methods: Sequence[str]):
 def _run_cli(args) -> int:
     from .baseline_calibration import default_baselines_path, ensure_baselines
     from .demo_model import DEFAULT_MODEL_DIR, DEFAULT_PROFILE
+    from .loading import load_pipeline
 
     for m in args.methods:
         get_method(m)  # unknown names fail before anything loads
@@ -568,7 +591,7 @@ def _run_cli(args) -> int:
         raise SenCacheError("--steps must be at least 2")
     prompts = read_prompts(args.prompts)
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
-    pipe = load_model(model)
+    pipe = load_pipeline(model)
     profile_path = Path(args.profile) if args.profile else DEFAULT_PROFILE
     profile = load_profile_if_needed(profile_path, args.methods)
     baselines = baselines_path = None
@@ -577,10 +600,22 @@ def _run_cli(args) -> int:
         baselines, baselines_path = ensure_baselines(pipe, baselines_path, prompts, num_inference_steps=args.steps,
                                                      guidance_scale=args.guidance, fallback_dir=args.out)
     start = time.perf_counter()
+    values, tuning = parse_set(args.set), None
+    if args.nfe_targets:
+        if baselines is None:
+            raise SenCacheError("--nfe-targets tunes on the calibration prompts of the baselines: include a method "
+                                "that needs them (magcache, teacache, ...) or pass --baselines")
+        ctx = MethodContext(num_inference_steps=args.steps, profile=profile, baselines=baselines)
+        tuned, tuning = tune_values(pipe, args.methods, args.nfe_targets, baselines.calibration_prompts[:1],
+                                    baselines.calibration_seeds[:1], ctx, args.guidance)
+        values = {**tuned, **values}
     results = compare(pipe, prompts, args.seeds, args.methods, sweep=args.sweep, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, out_dir=args.out, profile=profile, baselines=baselines,
-                      use_lpips=False if args.no_lpips else None, model=str(model), profile_path=profile_path,
-                      baselines_path=baselines_path)
+                      values=values, use_lpips=False if args.no_lpips else None, model=str(model),
+                      profile_path=profile_path, baselines_path=baselines_path)
+    if tuning:
+        results["tuning"] = tuning
+        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     if args.report:
         from .report import write_report
 

@@ -79,7 +79,7 @@ def table_rows(results: dict, primary_only: bool = False) -> list[dict]:
         for s in entry["settings"]:
             if primary_only and not s["primary"]:
                 continue
-            label = f"{entry['param']}={s['value']:g}" if entry["param"] else ""
+            label = f"{entry['param']}={s['value']:g}" if entry["param"] else "re-run of the reference"
             rows.append({"method": name, "setting": label, "nfe": s["nfe"], "wall_s": s["wall_s"],
                          "speedup": s["speedup"], "psnr": s["psnr"], "psnr_capped": s.get("psnr_capped"),
                          "ssim": s["ssim"], "lpips": s["lpips"], "primary": s["primary"], "key": s["key"]})
@@ -242,6 +242,8 @@ def _video_columns(results: dict) -> list[tuple[str, str]]:
     ref = results["reference"]
     cols = [("none", f"uncached\nNFE {T} · {ref['wall_s']:.2f}s" if ref.get("wall_s") else f"uncached\nNFE {T}")]
     for row in primary_rows(results)[1:]:
+        if row["method"] == "none":  # the re-run of the reference adds nothing to look at
+            continue
         speed = f" · {row['speedup']:.2f}×" if row.get("speedup") else ""
         cols.append((row["key"], f"{row['method']}\nNFE {row['nfe']:.4g}{speed}"))
     return cols

@@ -126,8 +126,9 @@ def run_demo(pipe, profile, out_dir, n_prompts: int = 4, steps: int = 50, seed: 
 
 def run(args) -> int:
     from ..baseline_calibration import default_baselines_path
-    from ..compare import load_model, set_threads
+    from ..compare import set_threads
     from ..demo_model import DEFAULT_MODEL_DIR, DEFAULT_PROFILE
+    from ..loading import load_pipeline
     from ..errors import SenCacheError
     from ..profile import SensitivityProfile
     from ..report import text_table
@@ -136,7 +137,7 @@ def run(args) -> int:
     set_threads(args.threads)
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     profile_path = Path(args.profile) if args.profile else DEFAULT_PROFILE
-    pipe = load_model(model)
+    pipe = load_pipeline(model)
     if not profile_path.is_file():
         raise SenCacheError(f"no sensitivity profile at {profile_path}: measure one with `sencache calibrate` "
                             f"(or pass --profile)")

@@ -85,6 +85,12 @@ def train(args) -> Path:
         opt.load_state_dict(ckpt["opt"])
         start = int(ckpt["step"])
         print(f"resumed from {ckpt_path} at step {start}")
+    if args.export_only:
+        if start == 0:
+            raise SystemExit(f"no checkpoint in {out} to export")
+        save_pipeline(pipe, ema, out / "pipeline")
+        print(f"exported the EMA weights of step {start} to {out / 'pipeline'}")
+        return out / "pipeline"
     log_mode = "a" if start > 0 else "w"
     log_file = open(out / "loss.csv", log_mode, newline="")
     log = csv.writer(log_file)
@@ -146,6 +152,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)
 
 

@@ -1,0 +1,52 @@
+"""`sencache judge`: how well does a model follow its captions? Generate prompts × seeds, judge each clip.
+
+Prompts default to fresh draws from the training distribution (``dataset_prompts(n, seed=...)``) and
+seeds start at 10_000, far from anything training used (training draws its own noise per step).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def run(args) -> int:
+    from ..demo_model import load_pipeline
+    from ..demo_model.data import dataset_prompts
+    from ..demo_model.judge import CORE_ATTRIBUTES, judge_many
+    from ..generation import generate
+
+    pipe = load_pipeline(args.model)
+    prompts = dataset_prompts(args.prompts, seed=args.prompt_seed)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    pairs, per_clip = [], []
+    for prompt in tqdm(prompts, desc="judge", unit="prompt"):
+        for seed in seeds:
+            frames = generate(pipe, prompt, seed, num_inference_steps=args.steps, guidance_scale=args.guidance).frames
+            pairs.append((frames, prompt))
+            per_clip.append({"prompt": prompt, "seed": seed})
+    scores = judge_many(pairs)
+    print(f"{scores['n_videos']} clips ({len(prompts)} prompts x {len(seeds)} seeds), {scores['n_objects']} objects")
+    for attribute in (*CORE_ATTRIBUTES, "all"):
+        print(f"  {attribute:9s} {100 * scores[attribute]:5.1f} %")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"scores": scores, "clips": per_clip, "steps": args.steps,
+                                              "guidance": args.guidance}, indent=1, default=str))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("judge", help="score how well the demo model follows captions (colour, shape, direction)")
+    p.add_argument("--model", default=None, help="pipeline folder (default: the shipped demo model)")
+    p.add_argument("--prompts", type=int, default=16, help="number of prompts drawn from the data distribution")
+    p.add_argument("--prompt-seed", type=int, default=777, help="seed of the prompt draw")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    p.add_argument("--first-seed", type=int, default=10_000)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--out", default=None, help="write scores as JSON here")
+    p.set_defaults(func=run)
