@@ -245,8 +245,8 @@ class CacheSession:
 
     def _note_if_nothing_reused(self) -> None:
         gen = self.gen
-        if any(not r.computed for r in self.trace.records):
-            return
+        if self.method == "none" or any(not r.computed for r in self.trace.records):
+            return  # a rule that never reuses (recording runs) has nothing to explain
         gen.warned_no_reuse = True
         scores = [r.score for r in self.trace.records if r.score is not None and math.isfinite(r.score)]
         eps = getattr(self.config, "eps", None)

@@ -468,7 +468,7 @@ def cache_dit_available() -> bool:
 
 
 def _import_cache_dit():
-    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # its info/warning chatter would bury the progress bar
     import cache_dit  # noqa: PLC0415 (optional dependency)
 
     return cache_dit

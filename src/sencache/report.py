@@ -320,8 +320,7 @@ def html_page(results: dict, files: dict[str, Path]) -> str:
         parts.append("<h2>Side by side</h2>"
                      f"<video src='{names['side_by_side.mp4']}' autoplay loop muted playsinline controls></video>"
                      f"<p class='note'>Also as <a href='{names['side_by_side.gif']}'>GIF</a>. Columns: uncached "
-                     "reference, then each method (label: NFE, speed-up); rows: prompts.</p>"
-                     f"<img src='{names['side_by_side.gif']}' alt='side by side (GIF)'>")
+                     "reference, then each method (label: NFE, speed-up); rows: prompts.</p>")
     parts.append("<h2>Results</h2>" + _html_table(results) +
                  f"<p class='note'>NFE = block-stack runs in full-step units (of {T}); time = wall time of the "
                  "pipeline call; speed-up = uncached time / method time (same machine, same run; noisy on a shared "
