@@ -174,7 +174,7 @@ class _Probe:
 
 
 def audit_run(pipe, config, prompt: str, seed: int, num_inference_steps: int = 50, guidance_scale: float = 5.0,
-              method: str | None = None, return_frames: bool = False) -> dict:
+              method: str | None = None, return_frames: bool = False, call_kwargs: dict | None = None) -> dict:
     """One cached generation with the measuring probe. Returns records, NFE, trace summary (and frames)."""
     from . import hooks
     from .generation import generate
@@ -188,7 +188,7 @@ def audit_run(pipe, config, prompt: str, seed: int, num_inference_steps: int = 5
     try:
         with quiet_sencache():
             out = generate(pipe, prompt, int(seed), num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale)
+                           guidance_scale=guidance_scale, **(call_kwargs or {}))
         summary = session.summary()
     finally:
         handle.remove()
@@ -206,12 +206,13 @@ def baseline_configs(baselines, num_inference_steps: int, values: dict | None = 
 
     ctx = MethodContext(num_inference_steps=int(num_inference_steps), baselines=baselines)
     values = values or {}
-    return {name: _ours_config(name, get_method(name).coerce(values.get(name)), ctx) for name in ("magcache", "teacache")}
+    return {name: _ours_config(name, get_method(name).coerce(values.get(name)), ctx)
+            for name in ("magcache", "teacache")}
 
 
 def audit(pipe, prompts: Sequence[str], seeds: Sequence[int], config, *, baselines=None, configs: dict | None = None,
           num_inference_steps: int = 50, guidance_scale: float = 5.0, values: dict | None = None, out_dir=None,
-          progress: bool = True) -> dict:
+          progress: bool = True, call_kwargs: dict | None = None) -> dict:
     """Measure predicted against actual caching error for SenCache (``config``) and the baselines.
 
     ``configs`` adds or replaces methods by name (any sencache rule config); with ``baselines`` MagCache
@@ -238,7 +239,8 @@ def audit(pipe, prompts: Sequence[str], seeds: Sequence[int], config, *, baselin
     try:
         for name, cfg in methods.items():
             for p, s in jobs:
-                r = audit_run(pipe, cfg, p, s, num_inference_steps, guidance_scale, method=name)
+                r = audit_run(pipe, cfg, p, s, num_inference_steps, guidance_scale, method=name,
+                              call_kwargs=call_kwargs)
                 records.extend(r["records"])
                 runs.append({"method": name, "prompt": p, "seed": s, "nfe": r["nfe"],
                              "reused_steps": r["summary"]["skipped_steps"], "real_forwards": r["real_forwards"]})
@@ -453,7 +455,8 @@ def default_ablation_eps(profile, num_inference_steps: int) -> float:
 def ablations(pipe, profile, prompts: Sequence[str], seeds: Sequence[int] = (0,), num_inference_steps: int = 50,
               guidance_scale: float = 5.0, eps: float | None = None, n_values: Sequence[int] = DEFAULT_N_VALUES,
               eps_values: Sequence[float] | None = None, n_fixed: int = 3, final_steps: int = 1,
-              use_lpips: bool | None = None, out_dir=None, progress: bool = True) -> dict:
+              use_lpips: bool | None = None, out_dir=None, progress: bool = True,
+              call_kwargs: dict | None = None) -> dict:
     """The paper's ablations on SenCache against the uncached reference.
 
     (a) n = max_reuse over ``n_values`` at fixed ``eps``; (b) ε over ``eps_values`` (default
@@ -482,14 +485,15 @@ def ablations(pipe, profile, prompts: Sequence[str], seeds: Sequence[int] = (0,)
     per: dict[int, list[dict]] = {i: [] for i in range(len(settings))}
     try:
         for p, s in jobs:
-            ref = generate(pipe, p, s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale).frames
+            ref = generate(pipe, p, s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           **(call_kwargs or {})).frames
             bar.update(1)
             for i, (_, _, e, n) in enumerate(settings):
                 session = hooks.enable(pipe, SenCacheConfig(profile, eps=e, max_reuse=n, final_steps=final_steps))
                 try:
                     with quiet_sencache():
                         test = generate(pipe, p, s, num_inference_steps=num_inference_steps,
-                                        guidance_scale=guidance_scale).frames
+                                        guidance_scale=guidance_scale, **(call_kwargs or {})).frames
                     nfe = int(session.summary()["nfe"])
                 finally:
                     hooks.disable(pipe)
@@ -529,7 +533,8 @@ def ablation_table(result: dict) -> str:
            f"(a) n = max_reuse at fixed ε = {result['eps_fixed']:.4g}", "", head.format("n")]
     for r in result["rows"]:
         if r["ablation"] == "max_reuse":
-            out.append(f"| {r['value']} | {r['nfe']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {_fmt(r['lpips'], '.4f')} |")
+            out.append(f"| {r['value']} | {r['nfe']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                       f"{_fmt(r['lpips'], '.4f')} |")
     out += ["", f"(b) ε at fixed n = {result['n_fixed']}", "", head.format("ε")]
     for r in result["rows"]:
         if r["ablation"] == "eps":
@@ -560,7 +565,8 @@ def plot_ablations(result: dict, path) -> Path:
             ax.set_xticks(x)
             ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.3g}")
         twin = ax.twinx()
-        twin.plot(x, [r["psnr"] for r in rows], "s--", color="tab:red", label="PSNR")
+        twin.plot(x, [r["psnr"] for r in rows], "s--", color="tab:red", markerfacecolor="none", markersize=9,
+                  label="PSNR")  # hollow: the NFE curve shows through where the two coincide
         twin.set_ylabel("PSNR dB vs uncached", color="tab:red")
         twin.tick_params(axis="y", colors="tab:red")
         ax.grid(True, alpha=0.3)

@@ -204,8 +204,12 @@ def _eps_dependent_breakpoints(config, traj: Trajectories, eps_start: float | No
             j = np.arange(max(0, k - gap), k)
             s = jx[j] * d[j, k] + jt[j] * np.abs(traj.timesteps[k] - traj.timesteps[j])
             out.append(s[np.isfinite(s)] / g)
-    vals = np.concatenate(out) if out else np.zeros(0)
-    return np.unique(vals[vals >= 0])
+    vals = np.unique(np.concatenate(out) if out else np.zeros(0))
+    vals = vals[vals >= 0]
+    if vals.size > 1:  # breakpoints equal up to rounding would leave a plateau with no room for a probe
+        keep = np.concatenate([[True], np.diff(vals) > 1e-9 * vals[1:]])
+        vals = vals[keep]
+    return vals
 
 
 @dataclass
@@ -328,8 +332,9 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
 # transfer to held-out prompts
 # --------------------------------------------------------------------------------------------
 def measure_nfe(pipe, config, prompts: Sequence[str], seeds: Sequence[int] = (0,), num_inference_steps: int = 50,
-                guidance_scale: float = 5.0) -> list[int]:
-    """The NFE of a cached generation per prompt x seed (from the adapter's trace)."""
+                guidance_scale: float = 5.0, call_kwargs: dict | None = None) -> list[int]:
+    """The NFE of a cached generation per prompt x seed (from the adapter's trace). ``call_kwargs`` go to
+    the pipeline call (e.g. height, width, num_frames)."""
     from . import hooks
     from .generation import generate
     from .methods import quiet_sencache
@@ -340,7 +345,8 @@ def measure_nfe(pipe, config, prompts: Sequence[str], seeds: Sequence[int] = (0,
         for p in prompts:
             for s in seeds:
                 with quiet_sencache():
-                    generate(pipe, p, int(s), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+                    generate(pipe, p, int(s), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             **(call_kwargs or {}))
                 out.append(int(session.summary()["nfe"]))
     finally:
         hooks.disable(pipe)
@@ -348,7 +354,7 @@ def measure_nfe(pipe, config, prompts: Sequence[str], seeds: Sequence[int] = (0,
 
 
 def measure_transfer(pipe, profile, targets: Sequence[float], prompts: Sequence[str], seeds: Sequence[int] = (0,),
-                     guidance_scale: float = 5.0, **config_kwargs) -> list[dict]:
+                     guidance_scale: float = 5.0, call_kwargs: dict | None = None, **config_kwargs) -> list[dict]:
     """For every target NFE: the ε budget mode picks, its simulated NFE, and the NFE achieved on ``prompts``
     (which should be held out: not the profile's calibration prompts)."""
     from .baseline_calibration import check_disjoint
@@ -360,7 +366,7 @@ def measure_transfer(pipe, profile, targets: Sequence[float], prompts: Sequence[
     rows = []
     for target in targets:
         config = SenCacheConfig(profile, target_nfe=float(target), **config_kwargs)
-        nfes = measure_nfe(pipe, config, prompts, seeds, T, guidance_scale)
+        nfes = measure_nfe(pipe, config, prompts, seeds, T, guidance_scale, call_kwargs)
         rows.append({"target_nfe": float(target), "eps": config.eps, "simulated_nfe": config.budget["simulated_nfe"],
                      "achieved_nfe": float(np.mean(nfes)), "achieved_per_run": nfes,
                      "max_abs_error": float(max(abs(n - target) for n in nfes))})
@@ -411,7 +417,8 @@ class _TrackConfig:
         return _TrackRule(self.track)
 
 
-def track_uncached(pipe, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float = 5.0) -> _Track:
+def track_uncached(pipe, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float = 5.0,
+                   call_kwargs: dict | None = None) -> _Track:
     """One uncached generation through the adapter, keeping latents, timesteps and cond residuals per step."""
     from . import hooks
     from .generation import generate
@@ -421,7 +428,8 @@ def track_uncached(pipe, prompt: str, seed: int, num_inference_steps: int, guida
     hooks.enable(pipe, _TrackConfig(track))
     try:
         with quiet_sencache():
-            generate(pipe, prompt, int(seed), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+            generate(pipe, prompt, int(seed), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                     **(call_kwargs or {}))
     finally:
         hooks.disable(pipe)
     if len(track.residuals) != len(track.latents):
@@ -429,8 +437,9 @@ def track_uncached(pipe, prompt: str, seed: int, num_inference_steps: int, guida
     return track
 
 
-def correction_ratios(profile, track: _Track, window: int) -> tuple[np.ndarray, list[list[float]]]:
-    """Per reference step j: rms(r_{j+g} − r_j) / S(j → j+g) for g = 1..window, on one uncached trajectory."""
+def correction_ratios(profile, track: _Track, window: int) -> tuple[np.ndarray, list[list[float | None]]]:
+    """Per reference step j and gap g = 1..window: rms(r_(j+g) − r_j) / S(j → j+g) on one uncached
+    trajectory (None where j + g is past the end or S is 0)."""
     from .rules.base import rms_per_sample
 
     ts = np.asarray(track.timesteps, dtype=np.float64)
@@ -439,26 +448,27 @@ def correction_ratios(profile, track: _Track, window: int) -> tuple[np.ndarray, 
     T = ts.size
     out = []
     for j in range(T - 1):
-        vals = []
-        for k in range(j + 1, min(T, j + window + 1)):
+        vals: list[float | None] = []
+        for k in range(j + 1, j + window + 1):
+            if k >= T:
+                vals.append(None)
+                continue
             x = track.latents[k]
             dx = float(rms_per_sample(x - track.latents[j].to(x.device, x.dtype)).double()[0])
             s = jx[j] * dx + jt[j] * abs(ts[k] - ts[j])
             dr = float(rms_per_sample(track.residuals[k] - track.residuals[j]).double()[0])
-            if s > 0 and math.isfinite(s) and dr > 0:
-                vals.append(dr / s)
+            vals.append(dr / s if s > 0 and math.isfinite(s) and dr > 0 else None)
         out.append(vals)
     return ts[:-1], out
 
 
 def calibrate_correction(pipe, profile, prompts: Sequence[str], seeds: Sequence[int] = (0,),
                          num_inference_steps: int | None = None, guidance_scale: float = 5.0, window: int = 4,
-                         progress: bool = True) -> dict:
-    """Measure ρ̄(t), the typical rms(Δ residual) / S of uncached intervals starting at t, and store it in
-    ``profile.metadata["correction"]`` (what ``SenCacheConfig(correction=True)`` divides by).
-
-    ρ̄ at each reference step is the geometric median (exp of the median log) over trajectories and
-    gaps 1..``window``. Use calibration prompts (never evaluation prompts). Returns the stored dict.
+                         progress: bool = True, call_kwargs: dict | None = None) -> dict:
+    """Measure ρ̄(t, g), the typical rms(Δ residual) / S of uncached intervals of g = 1..``window`` steps
+    starting at t, and store it in ``profile.metadata["correction"]`` (what
+    ``SenCacheConfig(correction=True)`` divides by). Each entry is the geometric median (exp of the
+    median log) over the runs. Use calibration prompts (never evaluation prompts). Returns the dict.
     """
     from tqdm.auto import tqdm
 
@@ -466,45 +476,64 @@ def calibrate_correction(pipe, profile, prompts: Sequence[str], seeds: Sequence[
     runs = [(p, int(s)) for p in prompts for s in seeds]
     if not runs:
         raise SenCacheError("calibrate_correction needs at least one prompt and seed")
+    if not isinstance(window, int) or window < 1:
+        raise SenCacheError(f"window must be an integer >= 1 (got {window!r})")
     per_step: list[list[float]] | None = None
     grid = None
     for p, s in tqdm(runs, desc="correction normaliser", disable=not progress, leave=False):
-        track = track_uncached(pipe, p, s, T, guidance_scale)
+        track = track_uncached(pipe, p, s, T, guidance_scale, call_kwargs)
         ts, ratios = correction_ratios(profile, track, window)
         if per_step is None:
-            per_step, grid = [[] for _ in ratios], ts
+            per_step, grid = [[[] for _ in range(window)] for _ in ratios], ts
         for acc, vals in zip(per_step, ratios):
-            acc.extend(vals)
-    logs = [np.log(np.asarray(v)) if v else np.zeros(0) for v in per_step]
-    fallback = float(np.median(np.concatenate([v for v in logs if v.size]))) if any(v.size for v in logs) else 0.0
-    ratio = [float(np.exp(np.median(v))) if v.size else float(np.exp(fallback)) for v in logs]
+            for g, v in enumerate(vals):
+                if v is not None:
+                    acc[g].append(v)
+    table = np.full((len(per_step), window), np.nan)  # (reference step, gap) geometric medians
+    p10, p90 = table.copy(), table.copy()
+    for j, by_gap in enumerate(per_step):
+        for g, vals in enumerate(by_gap):
+            if vals:
+                logs = np.log(np.asarray(vals))
+                table[j, g] = np.exp(np.median(logs))
+                p10[j, g], p90[j, g] = np.exp(np.percentile(logs, 10)), np.exp(np.percentile(logs, 90))
+    for g in range(window):  # steps too close to the end for a long gap: that gap's median over the grid
+        col = table[:, g]
+        if np.isfinite(col).any():
+            fill = np.exp(np.nanmedian(np.log(col)))
+        else:
+            fill = table[:, g - 1] if g else 1.0
+        table[:, g] = np.where(np.isfinite(col), col, fill)
     info = {
         "timesteps": [float(t) for t in grid],
-        "ratio": ratio,
-        "p10": [float(np.exp(np.percentile(v, 10))) if v.size else None for v in logs],
-        "p90": [float(np.exp(np.percentile(v, 90))) if v.size else None for v in logs],
+        "ratio": [[float(v) for v in row] for row in table],
+        "p10": [[float(v) if np.isfinite(v) else None for v in row] for row in p10],
+        "p90": [[float(v) if np.isfinite(v) else None for v in row] for row in p90],
         "window": int(window),
         "num_inference_steps": T,
         "prompts": [p for p, _ in runs],
         "seeds": [s for _, s in runs],
-        "units": "rms(residual_k - residual_j) / S(j -> k) on uncached trajectories, geometric median",
+        "units": "ratio[j][g-1] = rms(residual_(j+g) - residual_j) / S(j -> j+g) on uncached trajectories, "
+                 "geometric median over runs",
     }
     profile.metadata["correction"] = info
     return info
 
 
 # --------------------------------------------------------------------------------------------
-# ε schedules at equal NFE
+# variants of the rule at equal NFE: ε schedules, the per-sample correction
 # --------------------------------------------------------------------------------------------
-def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, seeds: Sequence[int] = (0,),
-                      schedules=None, guidance_scale: float = 5.0, use_lpips: bool = False, progress: bool = True,
-                      num_inference_steps: int | None = None, **config_kwargs) -> dict:
-    """Fixed ε against ε schedules at equal (simulated) NFE, on held-out ``prompts``.
+def compare_variants(pipe, profile, prompts: Sequence[str], target_nfe: float, variants: dict,
+                     seeds: Sequence[int] = (0,), baseline: str | None = None, guidance_scale: float = 5.0,
+                     use_lpips: bool = False, progress: bool = True, num_inference_steps: int | None = None,
+                     call_kwargs: dict | None = None, **config_kwargs) -> dict:
+    """Variants of SenCache at equal (simulated) NFE, against the uncached reference on held-out ``prompts``.
 
-    Every schedule (default: the presets in :data:`sencache.rules.sencache.SCHEDULE_PRESETS`;
-    "constant" is the paper's fixed ε) gets its scale from budget mode for ``target_nfe``, then runs
-    on every prompt x seed next to the uncached reference. Returns per schedule: eps, simulated and
-    achieved NFE, PSNR / SSIM (/ LPIPS), and the winner by mean PSNR with its margin over "constant".
+    ``variants`` maps a name to SenCacheConfig keyword arguments (e.g. ``{"eps_schedule": "rising"}``,
+    ``{"correction": True}``); every variant gets its ε from budget mode for ``target_nfe``. Returns per
+    variant: eps, simulated and achieved NFE, PSNR / SSIM (/ LPIPS) means and per run; the winner by
+    mean PSNR and its margin over ``baseline`` (default: the first variant). Budget mode does not
+    simulate the correction, so check ``nfe_spread`` before reading a PSNR difference as a win.
     """
     from tqdm.auto import tqdm
 
@@ -513,70 +542,112 @@ def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, 
     from .generation import generate
     from .methods import quiet_sencache
     from .metrics import video_metrics
-    from .rules.sencache import SCHEDULE_PRESETS, SenCacheConfig, as_schedule
+    from .rules.sencache import SenCacheConfig
 
+    if not variants:
+        raise SenCacheError("no variants to compare")
     if profile.metadata.get("prompts"):
         check_disjoint(profile.metadata["prompts"], prompts, "the sensitivity profile's calibration")
     T = trajectories_of(profile).num_steps
     if num_inference_steps is not None and int(num_inference_steps) != T:
         raise SenCacheError(f"the profile's trajectories have {T} steps, so budget mode can only pick eps for {T}; "
                             f"recalibrate with --steps {num_inference_steps} or compare at {T} steps")
-    named = schedules if schedules is not None else dict(SCHEDULE_PRESETS)
-    if not isinstance(named, dict):
-        named = {(as_schedule(s).name or str(s)): s for s in named}
-    named = {k: as_schedule(v) for k, v in named.items()}
-    if "constant" not in named:
-        named = {"constant": SCHEDULE_PRESETS["constant"], **named}
-    configs = {k: SenCacheConfig(profile, target_nfe=float(target_nfe), eps_schedule=v, **config_kwargs)
-               for k, v in named.items()}
+    baseline = baseline or next(iter(variants))
+    if baseline not in variants:
+        raise SenCacheError(f"baseline {baseline!r} is not one of the variants ({', '.join(variants)})")
+    configs = {k: SenCacheConfig(profile, target_nfe=float(target_nfe), **{**config_kwargs, **v})
+               for k, v in variants.items()}
     jobs = [(p, int(s)) for p in prompts for s in seeds]
-    bar = tqdm(total=len(jobs) * (1 + len(configs)), desc="schedules", disable=not progress, leave=False)
+    if not jobs:
+        raise SenCacheError("no prompts or seeds to compare on")
+    bar = tqdm(total=len(jobs) * (1 + len(configs)), desc="variants", disable=not progress, leave=False)
     runs: dict[str, list[dict]] = {k: [] for k in configs}
-    for p, s in jobs:
-        ref = generate(pipe, p, s, num_inference_steps=T, guidance_scale=guidance_scale).frames
-        bar.update(1)
-        for name, cfg in configs.items():
-            session = hooks.enable(pipe, cfg)
-            try:
-                with quiet_sencache():
-                    test = generate(pipe, p, s, num_inference_steps=T, guidance_scale=guidance_scale).frames
-                nfe = int(session.summary()["nfe"])
-            finally:
-                hooks.disable(pipe)
-            m = video_metrics(ref, test, lpips=use_lpips)
-            runs[name].append({"prompt": p, "seed": s, "nfe": nfe, **m})
+    kwargs = dict(num_inference_steps=T, guidance_scale=guidance_scale, **(call_kwargs or {}))
+    try:
+        for p, s in jobs:
+            ref = generate(pipe, p, s, **kwargs).frames
             bar.update(1)
-    bar.close()
+            for name, cfg in configs.items():
+                session = hooks.enable(pipe, cfg)
+                try:
+                    with quiet_sencache():
+                        test = generate(pipe, p, s, **kwargs).frames
+                    nfe = int(session.summary()["nfe"])
+                finally:
+                    hooks.disable(pipe)
+                m = video_metrics(ref, test, lpips=use_lpips)
+                runs[name].append({"prompt": p, "seed": s, "nfe": nfe, "psnr": min(float(m["psnr"]), 100.0),
+                                   "ssim": float(m["ssim"]), "lpips": m["lpips"]})
+                bar.update(1)
+    finally:
+        bar.close()
     rows = {}
     for name, cfg in configs.items():
         r = runs[name]
         rows[name] = {
-            "schedule": cfg.eps_schedule.to_dict(), "eps": cfg.eps, "simulated_nfe": cfg.budget["simulated_nfe"],
+            "settings": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in variants[name].items()},
+            "eps_schedule": cfg.eps_schedule.to_dict() if cfg.eps_schedule is not None else None,
+            "eps": cfg.eps, "simulated_nfe": cfg.budget["simulated_nfe"],
             "nfe": float(np.mean([x["nfe"] for x in r])),
-            "psnr": float(np.mean([min(x["psnr"], 100.0) for x in r])),
+            "psnr": float(np.mean([x["psnr"] for x in r])),
             "ssim": float(np.mean([x["ssim"] for x in r])),
             "lpips": float(np.mean([x["lpips"] for x in r])) if use_lpips else None,
             "runs": r,
         }
     winner = max(rows, key=lambda k: rows[k]["psnr"])
     return {"target_nfe": float(target_nfe), "num_steps": T, "prompts": list(prompts), "seeds": [int(s) for s in seeds],
-            "schedules": rows, "winner": winner,
-            "margin_db_over_constant": rows[winner]["psnr"] - rows["constant"]["psnr"],
+            "variants": rows, "baseline": baseline, "winner": winner,
+            "margin_db": rows[winner]["psnr"] - rows[baseline]["psnr"],
             "nfe_spread": max(r["nfe"] for r in rows.values()) - min(r["nfe"] for r in rows.values())}
 
 
-def schedules_table(result: dict) -> str:
-    """A markdown table of :func:`compare_schedules`'s result, with the verdict line."""
-    lines = [f"ε schedules at target NFE {result['target_nfe']:g} of {result['num_steps']} "
+def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, seeds: Sequence[int] = (0,),
+                      schedules=None, **kwargs) -> dict:
+    """Fixed ε against ε schedules at equal (simulated) NFE, on held-out ``prompts``.
+
+    ``schedules``: names of :data:`sencache.rules.sencache.SCHEDULE_PRESETS` (the default: all of them),
+    :class:`~sencache.rules.sencache.EpsSchedule` objects, or a dict name -> either. "constant" (the
+    paper's fixed ε) is always included and is the baseline of the margin. Other keyword arguments
+    go to :func:`compare_variants`.
+    """
+    from .rules.sencache import SCHEDULE_PRESETS, as_schedule
+
+    named = schedules if schedules is not None else dict(SCHEDULE_PRESETS)
+    if not isinstance(named, dict):
+        named = {(as_schedule(s).name or str(s)): s for s in named}
+    named = {k: as_schedule(v) for k, v in named.items()}
+    if "constant" not in named:
+        named = {"constant": SCHEDULE_PRESETS["constant"], **named}
+    variants = {k: {"eps_schedule": v} for k, v in named.items()}
+    return compare_variants(pipe, profile, prompts, target_nfe, variants, seeds=seeds, baseline="constant", **kwargs)
+
+
+def compare_correction(pipe, profile, prompts: Sequence[str], target_nfe: float, seeds: Sequence[int] = (0,),
+                       **kwargs) -> dict:
+    """SenCache with and without the per-sample correction, at the ε budget mode picks for ``target_nfe``
+    (the profile needs the normaliser: :func:`calibrate_correction`). Keyword arguments go to
+    :func:`compare_variants`."""
+    return compare_variants(pipe, profile, prompts, target_nfe, {"fixed": {}, "correction": {"correction": True}},
+                            seeds=seeds, baseline="fixed", **kwargs)
+
+
+def variants_table(result: dict, title: str = "SenCache variants") -> str:
+    """A markdown table of :func:`compare_variants`'s result, with the verdict line."""
+    lines = [f"{title} at target NFE {result['target_nfe']:g} of {result['num_steps']} "
              f"({len(result['prompts'])} prompt(s) x {len(result['seeds'])} seed(s), held out)", "",
-             "| schedule | eps scale | simulated NFE | achieved NFE | PSNR dB | SSIM | LPIPS |",
+             "| variant | eps scale | simulated NFE | achieved NFE | PSNR dB | SSIM | LPIPS |",
              "|---|---|---|---|---|---|---|"]
-    for name, r in result["schedules"].items():
+    for name, r in result["variants"].items():
         lp = f"{r['lpips']:.4f}" if r["lpips"] is not None else "–"
         lines.append(f"| {name} | {r['eps']:.4g} | {r['simulated_nfe']:.2f} | {r['nfe']:.2f} | {r['psnr']:.2f} | "
                      f"{r['ssim']:.4f} | {lp} |")
-    w = result["winner"]
-    lines += ["", f"winner: **{w}**, {result['margin_db_over_constant']:+.2f} dB PSNR over the fixed ε (constant); "
-              f"achieved NFE spread across schedules {result['nfe_spread']:.2f}"
+    w, b = result["winner"], result["baseline"]
+    verdict = (f"winner: **{w}**, {result['margin_db']:+.2f} dB PSNR over {b}" if w != b
+               else f"winner: **{w}** (the baseline); no variant beat it")
+    lines += ["", verdict + f"; achieved NFE spread across variants {result['nfe_spread']:.2f}"
               + (" (not equal NFE: read with care)" if result["nfe_spread"] > 1.0 else "")]
     return "\n".join(lines) + "\n"
+
+
+def schedules_table(result: dict) -> str:
+    return variants_table(result, "ε schedules (baseline: constant = the fixed ε)")

@@ -50,7 +50,11 @@ def add_cli(subparsers) -> None:
                    help="eps sweep at n = 3 (default: the fixed eps x 0.5 ... 2.8)")
     p.add_argument("--schedules", action="store_true",
                    help="also compare eps schedules with the fixed eps at equal NFE (--target-nfe, default T/2)")
-    p.add_argument("--skip-audit", action="store_true", help="only the --ablations / --schedules parts")
+    p.add_argument("--compare-correction", action="store_true",
+                   help="also compare SenCache with and without the per-sample correction at equal eps "
+                        "(--target-nfe, default T/2)")
+    p.add_argument("--skip-audit", action="store_true", help="only the --ablations / --schedules / "
+                   "--compare-correction parts")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS in the ablations and schedules")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true")
@@ -68,8 +72,8 @@ def _check_args(args) -> None:
         raise SenCacheError("give --eps or --target-nfe, not both")
     if args.target_nfe is not None and not 1 <= args.target_nfe <= args.steps:
         raise SenCacheError(f"--target-nfe must be between 1 and --steps {args.steps}")
-    if args.skip_audit and not (args.ablations or args.schedules):
-        raise SenCacheError("--skip-audit leaves nothing to do: add --ablations or --schedules")
+    if args.skip_audit and not (args.ablations or args.schedules or args.compare_correction):
+        raise SenCacheError("--skip-audit leaves nothing to do: add --ablations, --schedules or --compare-correction")
 
 
 def run_cli(args) -> int:
@@ -103,6 +107,8 @@ def run_cli(args) -> int:
     profile.check_model(pipe.transformer)
     progress = not args.no_progress
     use_lpips = None if not args.no_lpips else False
+    if args.correction or args.compare_correction:
+        _ensure_correction(pipe, profile, args, out, progress)
 
     if not args.skip_audit:
         from ..audit import audit, stats_table
@@ -139,20 +145,48 @@ def run_cli(args) -> int:
         print(ablation_table(result))
         print(f"wrote {', '.join(result['files'].values())}")
 
+    target = args.target_nfe if args.target_nfe is not None else args.steps / 2
+    lp = use_lpips if use_lpips is not None else _lpips_ready()
+    common = dict(seeds=args.seeds, guidance_scale=args.guidance, use_lpips=lp, progress=progress,
+                  max_reuse=args.max_reuse, num_inference_steps=args.steps)
     if args.schedules:
-        from ..audit import _jsonable
         from ..budget import compare_schedules, schedules_table
 
-        target = args.target_nfe if args.target_nfe is not None else args.steps / 2
-        lp = use_lpips if use_lpips is not None else _lpips_ready()
-        result = compare_schedules(pipe, profile, prompts, target, seeds=args.seeds, guidance_scale=args.guidance,
-                                   use_lpips=lp, progress=progress, max_reuse=args.max_reuse,
-                                   num_inference_steps=args.steps)
-        (out / "schedules.json").write_text(json.dumps(_jsonable(result), indent=1, allow_nan=False))
-        (out / "schedules.md").write_text(schedules_table(result))
-        print(schedules_table(result))
-        print(f"wrote {out / 'schedules.json'}, {out / 'schedules.md'}")
+        result = compare_schedules(pipe, profile, prompts, target, **common)
+        _write(out, "schedules", result, schedules_table(result))
+    if args.compare_correction:
+        from ..budget import compare_correction, variants_table
+
+        result = compare_correction(pipe, profile, prompts, target, **common)
+        _write(out, "correction", result, variants_table(result, "Per-sample correction (same eps)"))
     return 0
+
+
+def _write(out: Path, stem: str, result: dict, table: str) -> None:
+    from ..audit import _jsonable
+
+    (out / f"{stem}.json").write_text(json.dumps(_jsonable(result), indent=1, allow_nan=False))
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
+
+
+def _ensure_correction(pipe, profile, args, out: Path, progress: bool) -> None:
+    """The correction needs the profile's normaliser: measure it on the profile's own calibration prompts
+    when missing, and keep a copy of the extended profile in OUT."""
+    if isinstance(profile.metadata.get("correction"), dict):
+        return
+    from ..budget import calibrate_correction
+
+    prompts = list(dict.fromkeys(profile.metadata.get("prompts") or []))[:4]
+    seeds = (profile.metadata.get("seeds") or [0])[:1]
+    if not prompts:
+        raise SenCacheError("the profile lists no calibration prompts to measure the correction normaliser on; "
+                            "recalibrate it with `sencache calibrate --prompts FILE`")
+    print(f"measuring the correction normaliser on {len(prompts)} calibration prompt(s)", file=sys.stderr)
+    calibrate_correction(pipe, profile, prompts, seeds, args.steps, args.guidance, progress=progress)
+    path = profile.save(out / "profile_with_correction.json")
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _lpips_ready() -> bool:

@@ -32,26 +32,37 @@ def clip_name(index: int, prompt: str, seed: int) -> str:
     return f"{index:03d}_{slug}_s{seed}"
 
 
-def build_cache_config(args, pipe):
-    """The caching config asked for on the command line (None for no cache)."""
-    from ..demo_model import DEFAULT_PROFILE
+def attach_cache(args, pipe):
+    """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
+    from ..baseline_calibration import Baselines, default_baselines_path
+    from ..methods import MethodContext, get_method
     from ..profile import SensitivityProfile
-    from ..rules import FixedConfig, SenCacheConfig
 
-    if args.cache == "none":
-        return None
-    if args.cache == "fixed":
-        return FixedConfig(interval=args.interval, final_steps=1)
-    if args.cache == "sencache":
-        profile_path = Path(args.profile) if args.profile else Path(args.model or DEFAULT_PROFILE.parent) / "sencache_profile.json"
+    spec = get_method(args.cache)
+    model_dir = Path(args.model) if args.model else None
+    if model_dir is None:
+        from ..demo_model import DEFAULT_MODEL_DIR
+
+        model_dir = DEFAULT_MODEL_DIR
+    profile_path = Path(args.profile) if args.profile else model_dir / "sencache_profile.json"
+    ctx = MethodContext(num_inference_steps=args.steps)
+    value = args.eps
+    if "profile" in spec.needs:
         if not profile_path.exists():
             raise SenCacheError(f"no profile at {profile_path}; measure one with `sencache calibrate --out {profile_path}`")
-        profile = SensitivityProfile.load(profile_path)
-        eps = args.eps if args.eps is not None else float(profile.metadata.get("recommended_eps", 0.1))
-        return SenCacheConfig(profile, eps=eps, max_reuse=args.max_reuse)
-    from ..methods import method_config  # baselines calibrated next to the model
-
-    return method_config(args.cache, pipe, threshold=args.eps)
+        ctx.profile = SensitivityProfile.load(profile_path)
+        if value is None:
+            value = ctx.profile.metadata.get("recommended_eps")
+    if "baselines" in spec.needs:
+        path = default_baselines_path(profile_path)
+        if not path.exists():
+            raise SenCacheError(f"{args.cache} needs calibrated baselines at {path}; run `sencache demo` once "
+                                f"or `sencache compare`, which calibrate them")
+        ctx.baselines = Baselines.load(path)
+    reason = spec.unavailable(ctx, pipe)
+    if reason:
+        raise SenCacheError(f"{args.cache}: {reason}")
+    return spec.apply(pipe, value, ctx)
 
 
 def run_jobs(args) -> int:
@@ -60,6 +71,9 @@ def run_jobs(args) -> int:
     from ..demo_model import load_pipeline
     from ..generation import generate, save_clip
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     dist.init_if_needed()
     prompts = [args.prompt] if args.prompt else read_prompts(args.prompts)
     jobs = [(p, s) for p in prompts for s in args.seeds]
@@ -68,8 +82,7 @@ def run_jobs(args) -> int:
     out_dir = out.parent if single else out
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
-    config = build_cache_config(args, pipe)
-    cache = sencache.enable(pipe, config) if config is not None else None
+    handle = attach_cache(args, pipe)
     records = []
     for index, (prompt, seed) in dist.shard(jobs):
         stem = out.with_suffix("") if single else out_dir / clip_name(index, prompt, seed)
@@ -81,9 +94,10 @@ def run_jobs(args) -> int:
             print(f"[rank {dist.rank()}] FAILED {prompt!r} seed {seed}: {exc}", file=sys.stderr)
             continue
         paths = save_clip(result.frames, stem)
-        summary = cache.summary() if cache is not None else {"nfe": args.steps, "calls": None}
-        if cache is not None and args.trace:
-            cache.trace.save(Path(str(stem) + ".trace.json"))
+        summary = handle.stats()
+        session = sencache.active_session(pipe)
+        if session is not None and args.trace:
+            session.trace.save(Path(str(stem) + ".trace.json"))
         records.append({"index": index, "prompt": prompt, "seed": seed, "cache": args.cache,
                         "nfe": summary["nfe"], "steps": args.steps, "seconds": round(result.seconds, 3),
                         "files": [str(p) for p in paths]})
@@ -107,10 +121,11 @@ def add_cli(sub) -> None:
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="file with one prompt per line (sharded under torchrun)")
     p.add_argument("--model", default=None, help="diffusers pipeline folder (default: the shipped demo model)")
-    p.add_argument("--cache", default="sencache", choices=["sencache", "none", "fixed", "magcache", "teacache"])
-    p.add_argument("--eps", type=float, default=None, help="tolerance (default: the profile's recommended eps)")
-    p.add_argument("--max-reuse", type=int, default=3)
-    p.add_argument("--interval", type=int, default=2, help="for --cache fixed")
+    p.add_argument("--cache", default="sencache", help="sencache (default), none, magcache, teacache, fixed, "
+                   "fbcache, seacache, taylorseer, dbcache, ... (see `sencache compare --help`)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="the method's threshold (SenCache: eps; default: the profile's recommended eps)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny demo model)")
     p.add_argument("--profile", default=None, help="sensitivity profile JSON (default: next to the model)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)

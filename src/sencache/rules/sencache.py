@@ -218,7 +218,8 @@ class SenCacheConfig:
         if step < self.warmup_steps(num_steps):
             return self.eps_start
         if self.eps_schedule is not None:
-            return self.eps * self.eps_schedule.factor(step, num_steps)
+            g = self.eps_schedule.factor(step, num_steps)
+            return self.eps * g if g > 0 else 0.0  # g = 0 forbids reuse there, even with eps = inf
         return self.eps
 
     def build_rule(self) -> "SenCacheRule":
@@ -226,16 +227,22 @@ class SenCacheConfig:
 
 
 def correction_normaliser(profile: SensitivityProfile) -> tuple[torch.Tensor, torch.Tensor]:
-    """(timesteps, ratio) of the profile's residual-change normaliser (see :func:`sencache.budget.calibrate_correction`)."""
+    """(timesteps (J,), ratio (J, W)) of the profile's residual-change normaliser: the typical
+    rms(Δ residual) / S of uncached intervals starting at each timestep, per gap 1..W steps
+    (see :func:`sencache.budget.calibrate_correction`)."""
     info = profile.metadata.get("correction")
     if not isinstance(info, dict) or not info.get("timesteps") or not info.get("ratio"):
         raise SenCacheError(
             "correction=True needs the profile's residual-change normaliser (metadata['correction']); add it with "
             "sencache.budget.calibrate_correction(pipe, profile, prompts) and save the profile"
         )
-    t = torch.tensor([float(v) for v in info["timesteps"]], dtype=torch.float64)
-    r = torch.tensor([float(v) for v in info["ratio"]], dtype=torch.float64)
-    if t.numel() != r.numel() or not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
+    try:
+        t = torch.tensor([float(v) for v in info["timesteps"]], dtype=torch.float64)
+        r = torch.tensor([[float(v) for v in row] for row in info["ratio"]], dtype=torch.float64)
+    except (TypeError, ValueError):
+        r = torch.zeros(0)
+    if r.ndim != 2 or r.shape[0] != t.numel() or r.shape[1] < 1 or not bool(torch.isfinite(r).all()) \
+            or bool((r <= 0).any()):
         raise SenCacheError("the profile's correction normaliser is malformed; rerun calibrate_correction")
     order = torch.argsort(t)
     return t[order], r[order]
@@ -257,6 +264,8 @@ class SenCacheState:
     has_residual: torch.Tensor | None = None  # (B,) bool
     pending_s: torch.Tensor | None = None  # (B,) raw S of the interval that ended with this step's refresh
     pending_t: torch.Tensor | None = None  # (B,) t_ref at the start of that interval
+    pending_gap: torch.Tensor | None = None  # (B,) its length in steps
+    step_ref: torch.Tensor | None = None  # (B,) step of the last refresh
     last_ratio: torch.Tensor | None = None  # (B,) last observed (normalised) real / predicted, NaN if none
 
 
@@ -304,7 +313,7 @@ class SenCacheRule:
                 reuse = torch.zeros_like(reuse)
                 reasons = ["final"] * batch
         if cfg.correction:
-            self._note_interval(state, batch, raw, reuse)
+            self._note_interval(state, inp.step, batch, raw, reuse)
         self._advance(state, inp, t, reuse)
         return Decision(reuse=reuse, score=score, eps=eps, reason=reasons)
 
@@ -335,36 +344,48 @@ class SenCacheRule:
         state.reuse_run = torch.where(reuse, state.reuse_run + 1, torch.zeros_like(state.reuse_run))
 
     # --- per-sample correction -------------------------------------------------------------
-    def _note_interval(self, state: SenCacheState, batch: int, raw: torch.Tensor | None, reuse: torch.Tensor) -> None:
+    def _note_interval(self, state: SenCacheState, step: int, batch: int, raw: torch.Tensor | None,
+                       reuse: torch.Tensor) -> None:
         """Before the references move: remember, for the rows that refresh now, the S predicted for the
-        interval since their previous refresh and where that interval started."""
+        interval since their previous refresh, the timestep it started at and its length in steps."""
+        nan = torch.full((batch,), math.nan, dtype=torch.float64)
         if state.factor is None or state.factor.shape[0] != batch or raw is None:
             state.factor = torch.ones(batch, dtype=torch.float64)
             state.has_residual = torch.zeros(batch, dtype=torch.bool)
-            state.last_ratio = torch.full((batch,), math.nan, dtype=torch.float64)
+            state.last_ratio = nan.clone()
             state.residual_ref = None
-            state.pending_s = torch.full((batch,), math.nan, dtype=torch.float64)
-            state.pending_t = torch.full((batch,), math.nan, dtype=torch.float64)
+            state.pending_s, state.pending_t = nan.clone(), nan.clone()
+            state.pending_gap = torch.zeros(batch, dtype=torch.long)
+            state.step_ref = torch.full((batch,), step, dtype=torch.long)
             return
         refresh = ~reuse.cpu()
-        state.pending_s = torch.where(refresh, raw, torch.full_like(raw, math.nan))
-        state.pending_t = torch.where(refresh, state.t_ref, torch.full_like(raw, math.nan))
+        state.pending_s = torch.where(refresh, raw, nan)
+        state.pending_t = torch.where(refresh, state.t_ref, nan)
+        state.pending_gap = torch.where(refresh, step - state.step_ref, torch.zeros_like(state.step_ref))
+        state.step_ref = torch.where(refresh, torch.full_like(state.step_ref, step), state.step_ref)
 
-    def normaliser_at(self, t: torch.Tensor) -> torch.Tensor:
+    def normaliser_at(self, t: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """ρ̄ at timesteps ``t`` for intervals of ``gap`` steps (gaps beyond the table use its last column)."""
         from ..profile import _interp
 
-        ts, ratio = self._norm
-        return _interp(t.double().reshape(-1), ts, ratio)
+        ts, table = self._norm
+        t = t.double().reshape(-1)
+        cols = (gap.reshape(-1).long() - 1).clamp(0, table.shape[1] - 1)
+        out = torch.empty_like(t)
+        for i in range(t.numel()):
+            out[i] = _interp(t[i:i + 1], ts, table[:, int(cols[i])])[0]
+        return out
 
     def observe_refresh(self, state, inp, rows, residual) -> None:
         """Per-sample correction (``correction=True`` only; otherwise nothing to learn).
 
         Units: S predicts the RMS change of the model *output*, but the rule sees the block-stack
         *residual* (hidden width, not output units). The real change of a refreshed sample is
-        q = rms(r_now − r_prev) / (S_pred · ρ̄(t_prev)), where ρ̄(t) is the population's typical
-        rms(Δr) / S for intervals starting at t, measured on uncached calibration trajectories
-        (:func:`sencache.budget.calibrate_correction`). So q = 1 means "this sample changed exactly as
-        much as S predicts for an average sample", q = 2 "twice as much". The factor follows
+        q = rms(r_now − r_prev) / (S_pred · ρ̄(t_prev, gap)), where ρ̄(t, g) is the population's typical
+        rms(Δr) / S for uncached intervals of g steps starting at t, measured on calibration
+        trajectories (:func:`sencache.budget.calibrate_correction`; per gap, because Δr grows more
+        slowly than the first-order S over longer intervals). So q = 1 means "this sample changed
+        exactly as much as S predicts for an average sample", q = 2 "twice as much". The factor follows
         c ← clamp(m·c + (1 − m)·q, low, high) with m = ``correction_momentum``, and the next
         decisions compare c·S with ε. Both S and rms(Δr) accumulate from the previous refresh, so
         every refresh after the first gives one observation per sample, reused or not in between.
@@ -386,10 +407,11 @@ class SenCacheRule:
         real = rms_per_sample(new - prev).double().cpu()
         s_pred = state.pending_s.index_select(0, idx)
         t_prev = state.pending_t.index_select(0, idx)
+        gap = state.pending_gap.index_select(0, idx)
         had = state.has_residual.index_select(0, idx)
-        ok = had & torch.isfinite(s_pred) & (s_pred > 0) & torch.isfinite(t_prev) & torch.isfinite(real)
+        ok = had & torch.isfinite(s_pred) & (s_pred > 0) & torch.isfinite(t_prev) & torch.isfinite(real) & (gap > 0)
         if bool(ok.any()):
-            norm = self.normaliser_at(torch.where(ok, t_prev, torch.zeros_like(t_prev)))
+            norm = self.normaliser_at(torch.where(ok, t_prev, torch.zeros_like(t_prev)), gap.clamp_min(1))
             q = real / (s_pred * norm)
             lo, hi = self.config.correction_bounds
             m = self.config.correction_momentum
