@@ -15,6 +15,12 @@ order, and :func:`summarize` turns merged records into the results dict.
 
 Outputs in ``out_dir``: ``results.json``, ``results.md``, ``pareto.png`` and ``frames.npz`` (uint8 frames
 of the reference and of each method's primary setting, for :func:`sencache.report.write_report`).
+
+Under ``torchrun --nproc_per_node=K sencache compare ...`` the jobs are sharded round-robin over the ranks
+(:func:`shard_jobs`); rank 0 gathers the records and frames, merges them (:func:`merge_records`) and writes
+the outputs once, so ``results.json`` equals a single-process run's apart from wall-clock fields. Threshold
+tuning (``--nfe-targets``) and baseline calibration run on rank 0 and are broadcast. A job that fails is
+recorded in ``results.json["failures"]`` with its prompt, seed, rank and error; the other jobs still run.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -341,19 +348,61 @@ def check_held_out(prompts: Sequence[str], profile=None, baselines=None) -> None
         check_disjoint(profile.metadata["prompts"], prompts, "the sensitivity profile's calibration")
 
 
+def _distributed() -> bool:
+    """True when a torch.distributed group of more than one rank is up (torchrun + init_if_needed)."""
+    import torch.distributed as tdist
+
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+def _on_main(fn):
+    """Run ``fn`` on rank 0 only and hand its (picklable) result to every rank; a single process just runs it.
+
+    If it fails on rank 0, every rank raises (so none waits forever for a result that will not come)."""
+    from . import distributed as dist
+
+    if not _distributed():
+        return fn()
+    result, error = None, None
+    if dist.is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others were told
+            error = exc
+    shared = dist.broadcast_object((result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        raise SenCacheError(f"rank 0 failed: {shared[1]}")
+    return shared[0]
+
+
 def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequence[str], sweep: bool = False,
             num_inference_steps: int = 50, guidance_scale: float = 5.0, out_dir=None, profile=None, baselines=None,
             values: dict | None = None, use_lpips: bool | None = None, progress: bool = True, model: str | None = None,
-            profile_path=None, baselines_path=None, warmup: bool = True) -> dict:
+            profile_path=None, baselines_path=None, warmup: bool = True, shard: bool | None = None,
+            keep_going: bool | None = None) -> dict | None:
     """Compare ``methods`` against the uncached reference on every prompt x seed. Returns the results dict.
 
     ``values`` pins a method's setting(s) (see :func:`plan_variants`); ``use_lpips=None`` computes LPIPS when
     its weights are installed. With ``out_dir`` the files listed in the module docstring are written there.
+
+    ``shard``: split the jobs over the ranks of the torch.distributed group (default: when one of more
+    than one rank is initialised and the transformer is not itself split by diffusers' context
+    parallelism, whose ranks must all run every job). Sharded, only rank 0 gets the results (the other
+    ranks return None). ``keep_going`` (default: when sharded): record a failing job in
+    ``results["failures"]`` and go on, instead of raising.
     """
     from tqdm.auto import tqdm
 
+    from . import distributed as dist
     from .generation import generate
 
+    if shard is None:
+        shard = _distributed() and getattr(getattr(pipe, "transformer", None), "_parallel_config", None) is None
+    shard = bool(shard) and _distributed()
+    if keep_going is None:
+        keep_going = shard
     check_held_out(prompts, profile, baselines)
     ctx = MethodContext(num_inference_steps=int(num_inference_steps), profile=profile, baselines=baselines)
     variants, skipped = plan_variants(methods, sweep, values, ctx, pipe)
@@ -366,22 +415,46 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
         if not use_lpips:
             notes.append("LPIPS not computed: weights missing (python scripts/fetch_lpips_weights.py)")
     jobs = make_jobs(prompts, seeds)
-    if warmup:  # first-call costs (allocations, lazy init) must not land on the first timed run
-        generate(pipe, jobs[0].prompt, jobs[0].seed, num_inference_steps=2, guidance_scale=guidance_scale)
-    bar = tqdm(total=len(jobs) * (1 + len(variants)), desc="compare", unit="run", disable=not progress)
-    records, frames = [], {}
+    rank = dist.rank() if shard else 0
+    mine = shard_jobs(jobs, rank, dist.world_size()) if shard else jobs
+    main = rank == 0
+    if warmup and mine:  # first-call costs (allocations, lazy init) must not land on the first timed run
+        try:
+            generate(pipe, mine[0].prompt, mine[0].seed, num_inference_steps=2, guidance_scale=guidance_scale)
+        except Exception:
+            if not keep_going:
+                raise  # otherwise the job itself fails below and is recorded with its prompt
+    bar = tqdm(total=len(mine) * (1 + len(variants)), desc="compare", unit="run", disable=not progress or not main)
+    records, failures, frames = [], [], {}
     try:
-        for job in jobs:
-            rec, job_frames = run_job(pipe, job, variants, ctx, guidance_scale, use_lpips,
-                                      keep_frames=out_dir is not None, progress=bar)
+        for job in mine:
+            try:
+                rec, job_frames = run_job(pipe, job, variants, ctx, guidance_scale, use_lpips,
+                                          keep_frames=out_dir is not None, progress=bar)
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                failures.append({"job": job.index, "prompt": job.prompt, "seed": job.seed, "rank": rank,
+                                 "error": f"{type(exc).__name__}: {exc}"})
+                print(f"[rank {rank}] FAILED job {job.index} {job.prompt!r} seed {job.seed}: {exc}", file=sys.stderr)
+                continue
             records.append(rec)
             frames.update({f"{job.index}|{k}": v for k, v in job_frames.items()})
     finally:
         bar.close()
+    if shard:
+        parts = dist.gather_objects((records, failures, frames))
+        if not dist.is_main():
+            return None
+        records = merge_records(*(part[0] for part in parts))
+        failures = [f for part in parts for f in part[1]]
+        frames = {k: v for part in parts for k, v in part[2].items()}
+    failures.sort(key=lambda f: f["job"])
     results = summarize(merge_records(records), variants, skipped, ctx=ctx, guidance_scale=guidance_scale,
                         prompts=prompts, seeds=seeds, model=model,
                         calibration=calibration_info(profile, baselines, profile_path, baselines_path), notes=notes)
-    if out_dir is not None:
+    results["failures"] = failures
+    if out_dir is not None and (shard or dist.is_main()):  # unsharded ranks (context parallelism) share one run
         results["files"] = {k: str(v) for k, v in write_outputs(results, out_dir, frames).items()}
     return results
 
@@ -581,12 +654,14 @@ def load_profile_if_needed(path, methods: Sequence[str]):
 
 def _run_cli(args) -> int:
     from .baseline_calibration import default_baselines_path, ensure_baselines
+    from . import distributed as dist
     from .demo_model import DEFAULT_MODEL_DIR, DEFAULT_PROFILE
     from .loading import load_pipeline
 
     for m in args.methods:
         get_method(m)  # unknown names fail before anything loads
     set_threads(args.threads)
+    dist.init_if_needed()  # under torchrun: jobs are sharded over the ranks, rank 0 writes the results
     if args.steps < 2:
         raise SenCacheError("--steps must be at least 2")
     prompts = read_prompts(args.prompts)
@@ -597,8 +672,9 @@ def _run_cli(args) -> int:
     baselines = baselines_path = None
     if "baselines" in _needs(args.methods):
         baselines_path = Path(args.baselines) if args.baselines else default_baselines_path(profile_path)
-        baselines, baselines_path = ensure_baselines(pipe, baselines_path, prompts, num_inference_steps=args.steps,
-                                                     guidance_scale=args.guidance, fallback_dir=args.out)
+        want = baselines_path
+        baselines, baselines_path = _on_main(lambda: ensure_baselines(  # calibrated (and saved) once, by rank 0
+            pipe, want, prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, fallback_dir=args.out))
     start = time.perf_counter()
     values, tuning = parse_set(args.set), None
     if args.nfe_targets:
@@ -606,13 +682,16 @@ def _run_cli(args) -> int:
             raise SenCacheError("--nfe-targets tunes on the calibration prompts of the baselines: include a method "
                                 "that needs them (magcache, teacache, ...) or pass --baselines")
         ctx = MethodContext(num_inference_steps=args.steps, profile=profile, baselines=baselines)
-        tuned, tuning = tune_values(pipe, args.methods, args.nfe_targets, baselines.calibration_prompts[:1],
-                                    baselines.calibration_seeds[:1], ctx, args.guidance)
+        tuned, tuning = _on_main(lambda: tune_values(  # rank 0 tunes; every rank evaluates the same values
+            pipe, args.methods, args.nfe_targets, baselines.calibration_prompts[:1],
+            baselines.calibration_seeds[:1], ctx, args.guidance))
         values = {**tuned, **values}
     results = compare(pipe, prompts, args.seeds, args.methods, sweep=args.sweep, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, out_dir=args.out, profile=profile, baselines=baselines,
                       values=values, use_lpips=False if args.no_lpips else None, model=str(model),
-                      profile_path=profile_path, baselines_path=baselines_path)
+                      profile_path=profile_path, baselines_path=baselines_path, keep_going=True)
+    if results is None:  # another rank: rank 0 writes and reports
+        return 0
     if tuning:
         results["tuning"] = tuning
         (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
@@ -624,4 +703,7 @@ def _run_cli(args) -> int:
 
     print(text_table(results))
     print(f"\n{len(results['jobs'])} job(s) in {time.perf_counter() - start:.1f} s; results in {Path(args.out).resolve()}")
-    return 0
+    for f in results["failures"]:
+        print(f"failed: job {f['job']} {f['prompt']!r} seed {f['seed']} on rank {f['rank']}: {f['error']}",
+              file=sys.stderr)
+    return 1 if results["failures"] else 0

@@ -10,6 +10,11 @@ current timestep. When the samples of a batch disagree, the stack runs for the r
 
 Nothing is monkey-patched: hooks live in diffusers' per-module HookRegistry, so two pipelines in
 one process keep separate state, and :func:`disable` removes every hook.
+
+Under diffusers' context parallelism every rank must take the same decision at every step: the
+adapter then computes the rule's RMS over all ranks and guards the final mask with an all-reduce MIN
+(:mod:`sencache.parallel`). ``offload_residuals=True`` keeps the cached residuals in (pinned) CPU
+memory and copies them back to the device when a step reuses them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import StateManager
 
 from .errors import SenCacheError, UnsupportedModelError
-from .rules.base import Decision, StepInput
+from .parallel import AUTO, DecisionSync, place_inside_parallel_hooks, resolve_sync
+from .rules.base import Decision, StepInput, rms_per_sample
 from .trace import Trace, TraceRecord
 
 logger = logging.getLogger("sencache")
@@ -130,12 +136,16 @@ class _Generation:
     has_residual: dict = field(default_factory=dict)  # branch -> (B,) bool
     call_index: int = 0
     warned_no_reuse: bool = False
+    guard_changes: int = 0  # reuse decisions the rank-consistency guard turned into refreshes
+    guard_steps: list = field(default_factory=list)
+    guard_note: int | None = None  # index of the guard's note in trace.notes
 
 
 class CacheSession:
     """What :func:`enable` returns: the live cache of one transformer, with the trace of its last call."""
 
-    def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None):
+    def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None,
+                 sync: DecisionSync | None = None, offload_residuals: bool = False):
         self.transformer = transformer
         self.scheduler = scheduler
         self.config = config
@@ -148,6 +158,9 @@ class CacheSession:
         self.call: _Call | None = None
         self._poisoned = False
         self._sched_cache: tuple[int, torch.Tensor] | None = None
+        self.sync = sync  # rank-consistent decisions (context parallelism), None: rank-local
+        self.offload_residuals = bool(offload_residuals)
+        self._pinned = torch.cuda.is_available()  # pinned host buffers only make sense next to CUDA
 
     # --- public -----------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -160,6 +173,18 @@ class CacheSession:
 
     def disable(self) -> None:
         disable(self.transformer)
+
+    def residual_bytes(self) -> dict[str, int]:
+        """Bytes of cached residuals held per branch (video and text streams), wherever they live."""
+        out: dict[str, int] = {}
+        for store in (self.gen.residual, self.gen.encoder_residual):
+            for branch, value in store.items():
+                out[branch] = out.get(branch, 0) + value.numel() * value.element_size()
+        return out
+
+    def residual_devices(self) -> dict[str, str]:
+        """Where each branch's cached video-stream residual lives ("cpu", "cuda:0", ...)."""
+        return {branch: str(value.device) for branch, value in self.gen.residual.items()}
 
     # --- step bookkeeping -------------------------------------------------------------------
     def _resolve_step(self, context, timestep: torch.Tensor, branch: str) -> tuple[int, int]:
@@ -211,8 +236,11 @@ class CacheSession:
         gen, call = self.gen, self.call
         if gen.decision is None:
             inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.timestep.cpu(),
-                            latent=call.latent, modulation=modulation)
+                            latent=call.latent, modulation=modulation,
+                            rms=self.sync.rms if self.sync is not None else rms_per_sample)
             decision = self.rule.decide(gen.rule_state, inp)
+            if self.sync is not None:
+                decision = self._guard(decision, call.step)
             gen.decision, gen.step_input, gen.decider_branch = decision, inp, call.branch
             run = gen.reuse_run if gen.reuse_run is not None else torch.zeros(gen.batch, dtype=torch.long)
             gen.reuse_run = torch.where(decision.reuse, run + 1, torch.zeros_like(run))
@@ -221,6 +249,29 @@ class CacheSession:
         call.compute = ~(reuse & have)
         reasons = list(gen.decision.reason or [("reuse" if r else "refresh") for r in reuse.tolist()])
         call.reasons = ["no_residual" if (r and not h) else why for r, h, why in zip(reuse.tolist(), have.tolist(), reasons)]
+
+    def _guard(self, decision: Decision, step: int) -> Decision:
+        """All ranks reuse a sample only if every rank's rule said so (all-reduce MIN of the mask)."""
+        gen = self.gen
+        local = decision.reuse.detach().cpu().bool()
+        agreed = self.sync.reuse_all(local)
+        changed = local & ~agreed
+        if not bool(changed.any()):
+            return decision
+        reasons = list(decision.reason or [("reuse" if r else "refresh") for r in local.tolist()])
+        reasons = ["sync_refresh" if c else why for c, why in zip(changed.tolist(), reasons)]
+        gen.guard_changes += int(changed.sum())
+        gen.guard_steps.append(step)
+        msg = (f"sencache: the rank-consistency guard refreshed {gen.guard_changes} sample-step(s) this rank's rule "
+               f"would have reused (steps {gen.guard_steps}): another rank refreshed there")
+        if gen.guard_note is None:
+            gen.guard_note = len(self.trace.notes)
+            self.trace.notes.append(msg)
+            logger.info(msg)
+        else:
+            self.trace.notes[gen.guard_note] = msg
+        return Decision(reuse=agreed.to(decision.reuse.device), score=decision.score, eps=decision.eps,
+                        reason=reasons)
 
     def _end_call(self) -> None:
         gen, call = self.gen, self.call
@@ -264,15 +315,34 @@ class CacheSession:
     # --- residual store ---------------------------------------------------------------------
     def _store_residual(self, store: dict, branch: str, rows: torch.Tensor | None, value: torch.Tensor) -> None:
         batch = self.gen.batch
+        value = value.detach()
         if rows is None:
-            store[branch] = value.detach()
+            store[branch] = self._offload(store.get(branch), value) if self.offload_residuals else value
             return
         full = store.get(branch)
         if full is None or full.shape[1:] != value.shape[1:]:
             full = value.new_zeros((batch, *value.shape[1:]))
-        full = full.clone()
-        full[rows] = value.detach()
-        store[branch] = full
+        else:  # merge on the compute device: an offloaded copy may still be in flight
+            full = full.to(device=value.device, non_blocking=True).clone()
+        full[rows.to(full.device)] = value.to(full.dtype)
+        store[branch] = self._offload(store.get(branch), full) if self.offload_residuals else full
+
+    def _offload(self, old: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+        """A host copy of ``value``, reusing the branch's previous buffer when it fits (pinned next to CUDA).
+
+        The device-to-host copy is non-blocking; it is ordered on the current stream before any later
+        host-to-device copy of the same buffer (:meth:`_cached`), and the host never reads it."""
+        pin = self._pinned and value.is_cuda
+        if old is None or old.device.type != "cpu" or old.shape != value.shape or old.dtype != value.dtype \
+                or old.is_pinned() != pin:
+            old = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=pin)
+        old.copy_(value, non_blocking=pin)
+        return old
+
+    @staticmethod
+    def _cached(store: dict, branch: str, like: torch.Tensor) -> torch.Tensor:
+        """The branch's cached residual on ``like``'s device and dtype (copied back if offloaded)."""
+        return store[branch].to(device=like.device, dtype=like.dtype, non_blocking=True)
 
 
 class SenCacheModelHook(ModelHook):
@@ -299,7 +369,10 @@ class SenCacheModelHook(ModelHook):
         context = self.context_state._context
         branch = context.name if context is not None else "default"
         step, num_steps = s._resolve_step(context, timestep, branch)
-        if not bool(torch.isfinite(latent).all()):
+        bad = not bool(torch.isfinite(latent).all())
+        if s.sync is not None:
+            bad = s.sync.any(bad)  # every rank raises together instead of leaving the others in a collective
+        if bad:
             s.reset()
             raise SenCacheError(
                 f"the latent given to the transformer at step {step} holds NaN or inf; the sampler diverged "
@@ -392,10 +465,10 @@ class SenCacheBlockHook(ModelHook):
                 call.rows = call.compute.nonzero().flatten()
         if call.mode == "skip":
             if self.is_head:
-                hidden = call.head_hidden + s.gen.residual[call.branch].to(call.head_hidden.dtype)
+                hidden = call.head_hidden + s._cached(s.gen.residual, call.branch, call.head_hidden)
                 encoder = call.head_encoder
                 if encoder is not None and call.branch in s.gen.encoder_residual:
-                    encoder = encoder + s.gen.encoder_residual[call.branch].to(encoder.dtype)
+                    encoder = encoder + s._cached(s.gen.encoder_residual, call.branch, encoder)
                 return self._pack(hidden, encoder)
             bound = self._arguments(module, args, kwargs)
             return self._pack(bound.get(st.hidden_arg), bound.get("encoder_hidden_states"))
@@ -426,21 +499,31 @@ class SenCacheBlockHook(ModelHook):
             s.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
         if rows is None:
             return output
-        merged_h = call.head_hidden + gen.residual[call.branch].to(call.head_hidden.dtype)
+        merged_h = call.head_hidden + s._cached(gen.residual, call.branch, call.head_hidden)
         merged_h = merged_h.index_copy(0, rows.to(merged_h.device), hidden)
         merged_e = None
         if encoder is not None:
-            merged_e = call.head_encoder + gen.encoder_residual[call.branch].to(call.head_encoder.dtype)
+            merged_e = call.head_encoder + s._cached(gen.encoder_residual, call.branch, call.head_encoder)
             merged_e = merged_e.index_copy(0, rows.to(merged_e.device), encoder)
         return self._pack(merged_h, merged_e)
 
 
-def enable(target, config, *, num_inference_steps: int | None = None) -> CacheSession:
+def enable(target, config, *, num_inference_steps: int | None = None, sync_group=AUTO,
+           offload_residuals: bool = False) -> CacheSession:
     """Accelerate a diffusers pipeline (or a bare transformer) with a caching rule.
 
     ``config`` is a :class:`~sencache.SenCacheConfig` or any baseline config with ``build_rule()``.
     Returns the :class:`CacheSession`; its ``trace`` holds the decisions of the last pipeline call.
     Enabling again on the same transformer replaces the previous cache.
+
+    ``sync_group`` keeps decisions identical on every rank that shares one generation
+    (:mod:`sencache.parallel`): ``"auto"`` (default) syncs only when torch.distributed is initialised and
+    diffusers has set a parallel config on the transformer (``enable_parallelism``), over that config's
+    mesh group; never in plain data-parallel runs. ``True`` syncs over the default group, a ProcessGroup
+    over that group, ``None``/``False`` never. ``offload_residuals=True`` keeps the cached residuals in CPU
+    memory (pinned when CUDA is available; non-blocking copies out after a refresh and back on reuse):
+    less device memory, one host-to-device copy per reused call. ``session.residual_bytes()`` reports what
+    is held per branch.
     """
     transformer, scheduler = split_target(target)
     if not hasattr(config, "build_rule"):
@@ -448,7 +531,9 @@ def enable(target, config, *, num_inference_steps: int | None = None) -> CacheSe
     profile = getattr(config, "profile", None)
     if profile is not None:
         profile.check_model(transformer)
-    session = CacheSession(transformer, scheduler, config, num_inference_steps=num_inference_steps)
+    sync = resolve_sync(transformer, sync_group)
+    session = CacheSession(transformer, scheduler, config, num_inference_steps=num_inference_steps, sync=sync,
+                           offload_residuals=offload_residuals)
     disable(transformer)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(SenCacheModelHook(session), MODEL_HOOK)
@@ -457,6 +542,7 @@ def enable(target, config, *, num_inference_steps: int | None = None) -> CacheSe
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
             SenCacheBlockHook(session, index, count), BLOCK_HOOK
         )
+        place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
     registry.invalidate_child_registries_cache()
     return session
 

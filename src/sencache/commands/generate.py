@@ -4,6 +4,8 @@ With ``--prompts FILE`` under ``torchrun --nproc_per_node=K`` the prompt × seed
 round-robin over the ranks; every rank writes its own clips, and rank 0 gathers the per-clip
 records into ``OUT/generate.json`` in job order, so the file is the same as a single-process run.
 A job that fails is recorded with its prompt and error; the other jobs still finish.
+``--save-npy`` also writes each clip's raw frames (float32, (F, H, W, 3) in [0, 1]) as ``STEM.npy``,
+to compare runs exactly (an MP4 is lossy and its encoder need not be deterministic).
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ def run_jobs(args) -> int:
             print(f"[rank {dist.rank()}] FAILED {prompt!r} seed {seed}: {exc}", file=sys.stderr)
             continue
         paths = save_clip(result.frames, stem)
+        if args.save_npy:
+            import numpy as np
+
+            paths.append(Path(str(stem) + ".npy"))
+            np.save(paths[-1], result.frames)
         summary = handle.stats()
         session = sencache.active_session(pipe)
         if session is not None and args.trace:
@@ -132,4 +139,6 @@ def add_cli(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default="clip.mp4", help="output file (one prompt) or folder (--prompts)")
     p.add_argument("--trace", action="store_true", help="also save each clip's decision trace as JSON")
+    p.add_argument("--save-npy", action="store_true",
+                   help="also save each clip's raw frames as STEM.npy (float32, F x H x W x 3, in [0, 1])")
     p.set_defaults(func=run_jobs)

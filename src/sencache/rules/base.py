@@ -10,9 +10,15 @@ call of the step; the other CFG branches of that step follow the same decision) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
+
+
+def rms_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over every dimension but the first: (B, ...) -> (B,), in float32."""
+    flat = x.detach().reshape(x.shape[0], -1).float()
+    return flat.pow(2).mean(dim=1).sqrt()
 
 
 @dataclass
@@ -24,6 +30,10 @@ class StepInput:
     timestep: torch.Tensor  # (B,) float, in the units the transformer receives
     latent: torch.Tensor  # (B, ...) the transformer's noisy input
     modulation: torch.Tensor | None = None  # (B, ...) timestep conditioning fed to the first block
+    # (B, ...) -> (B,) root-mean-square per sample. Under context parallelism each rank holds a slice of
+    # the latent; the adapter then passes a reducer that sums squares and element counts over the ranks
+    # (sencache.parallel), so rules stay free of torch.distributed and see the RMS of the whole latent.
+    rms: Callable[[torch.Tensor], torch.Tensor] = rms_per_sample
 
 
 @dataclass
@@ -48,12 +58,6 @@ class Rule(Protocol):
     def observe_refresh(self, state: Any, inp: StepInput, rows: torch.Tensor, residual: torch.Tensor | None) -> None:
         """The block stack ran for the samples where ``rows`` (B,) is True; ``residual`` holds their new
         block-stack residual (rows selected, shape (R, ...)) of the conditional branch, or None."""
-
-
-def rms_per_sample(x: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square over every dimension but the first: (B, ...) -> (B,), in float32."""
-    flat = x.detach().reshape(x.shape[0], -1).float()
-    return flat.pow(2).mean(dim=1).sqrt()
 
 
 def in_final_steps(step: int, num_steps: int, final_steps: int) -> bool:

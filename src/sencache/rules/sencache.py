@@ -269,9 +269,11 @@ class SenCacheState:
     last_ratio: torch.Tensor | None = None  # (B,) last observed (normalised) real / predicted, NaN if none
 
 
-def predicted_change(state: SenCacheState, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """S per sample, in float64 on the CPU (B values: cheap, and exact enough to compare with ε)."""
-    dx = rms_per_sample(x - state.x_ref.to(x.device, x.dtype)).double().cpu()
+def predicted_change(state: SenCacheState, x: torch.Tensor, t: torch.Tensor, rms=rms_per_sample) -> torch.Tensor:
+    """S per sample, in float64 on the CPU (B values: cheap, and exact enough to compare with ε).
+
+    ``rms`` is the per-sample RMS to use (:attr:`StepInput.rms`: across all ranks under context parallelism)."""
+    dx = rms(x - state.x_ref.to(x.device, x.dtype)).double().cpu()
     dt = (t.double().cpu() - state.t_ref).abs()
     return state.jx_ref * dx + state.jt_ref * dt
 
@@ -299,7 +301,7 @@ class SenCacheRule:
             score = None
             reasons = ["first"] * batch
         else:
-            raw = predicted_change(state, inp.latent, t)
+            raw = predicted_change(state, inp.latent, t, inp.rms)
             score = raw * state.factor if cfg.correction else raw
             finite = torch.isfinite(score)
             under = finite & (score <= eps)
@@ -404,7 +406,7 @@ class SenCacheRule:
             state.residual_ref = new.new_zeros((batch, *new.shape[1:]))
             state.has_residual = torch.zeros(batch, dtype=torch.bool)
         prev = state.residual_ref.index_select(0, idx.to(new.device))
-        real = rms_per_sample(new - prev).double().cpu()
+        real = inp.rms(new - prev).double().cpu()  # the whole residual, also when it is sharded
         s_pred = state.pending_s.index_select(0, idx)
         t_prev = state.pending_t.index_select(0, idx)
         gap = state.pending_gap.index_select(0, idx)
