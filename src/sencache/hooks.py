@@ -488,14 +488,14 @@ class SenCacheBlockHook(ModelHook):
         hidden, encoder = self._unpack(output)
         rows = call.rows if call.mode == "subset" else None
         head_h = call.head_hidden if rows is None else call.head_hidden.index_select(0, rows.to(hidden.device))
-        s._store_residual(gen.residual, call.branch, rows, hidden - head_h)
+        new_res = hidden - head_h
+        s._store_residual(gen.residual, call.branch, rows, new_res)
         if encoder is not None and call.head_encoder is not None and encoder.shape[1:] == call.head_encoder.shape[1:]:
             head_e = call.head_encoder if rows is None else call.head_encoder.index_select(0, rows.to(encoder.device))
             s._store_residual(gen.encoder_residual, call.branch, rows, encoder - head_e)
         have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
         gen.has_residual[call.branch] = have | call.compute
         if call.branch == gen.decider_branch:
-            new_res = hidden - head_h
             s.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
         if rows is None:
             return output
