@@ -18,6 +18,9 @@ def run(args) -> int:
     from ..demo_model.judge import CORE_ATTRIBUTES, judge_many
     from ..generation import generate
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     prompts = dataset_prompts(args.prompts, seed=args.prompt_seed)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -49,4 +52,5 @@ def add_cli(sub) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--out", default=None, help="write scores as JSON here")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny demo model)")
     p.set_defaults(func=run)
