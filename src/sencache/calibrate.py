@@ -42,7 +42,9 @@ import torch
 
 from . import distributed as dist
 from .errors import SenCacheError, UnsupportedModelError
+from .loading import load_pipeline
 from .profile import SensitivityProfile, model_class_name, model_config_hash
+from .prompts import read_prompts
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> model output
 SamplerOutput = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, f) -> sampler's output
@@ -654,20 +656,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=run_cli)
 
 
-def read_prompts(path) -> list[str]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SenCacheError(f"prompt file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SenCacheError(f"cannot read prompt file {path}: {exc}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise SenCacheError(f"prompt file {path} has no prompts; write one prompt per line")
-    return prompts
-
-
 def resolve_model_dir(model) -> Path:
     if model is None:
         from . import demo_model
@@ -681,9 +669,6 @@ def resolve_model_dir(model) -> Path:
     if not path.is_dir():
         raise SenCacheError(f"model folder {path} not found; pass --model DIR (a diffusers pipeline folder)")
     return path
-
-
-from .loading import load_pipeline  # noqa: E402  (re-exported: calibrate's CLI loads models)
 
 
 def run_cli(args) -> int:

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import SenCacheError
+from .prompts import read_prompts  # noqa: F401  (part of compare's API)
 from .methods import REFERENCE, MethodContext, get_method, quiet_sencache
 
 FORMAT = "sencache-compare/1"
@@ -575,19 +576,6 @@ def parse_set(items: Sequence[str]) -> dict[str, list]:
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
-
-
-def read_prompts(path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are ignored."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise SenCacheError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    if not prompts:
-        raise SenCacheError(f"prompts file {path} holds no prompt (one per line)")
-    return prompts
 
 
 def add_cli(subparsers) -> None:

@@ -92,7 +92,7 @@ def run_cli(args) -> int:
     profile = SensitivityProfile.load(profile_path)
     calib = list(profile.metadata.get("prompts") or [])
     if args.prompts:
-        from ..compare import read_prompts
+        from ..prompts import read_prompts
 
         prompts = read_prompts(args.prompts)
         if calib:

@@ -17,16 +17,7 @@ from pathlib import Path
 
 from .. import distributed as dist
 from ..errors import SenCacheError
-
-
-def read_prompts(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise SenCacheError(f"prompt file {path} not found")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not prompts:
-        raise SenCacheError(f"prompt file {path} holds no prompts (one per line)")
-    return prompts
+from ..prompts import read_prompts
 
 
 def clip_name(index: int, prompt: str, seed: int) -> str:
