@@ -464,12 +464,7 @@ def ablations(pipe, profile, prompts: Sequence[str], seeds: Sequence[int] = (0,)
     against the uncached frames, averaged over prompts x seeds. With ``out_dir``: ablations.json,
     ablations.md, ablations.png.
     """
-    from tqdm.auto import tqdm
-
-    from . import hooks
-    from .generation import generate
-    from .methods import quiet_sencache
-    from .metrics import lpips_weights_path, video_metrics
+    from .metrics import lpips_weights_path
     from .rules.sencache import SenCacheConfig
 
     if use_lpips is None:
@@ -481,28 +476,13 @@ def ablations(pipe, profile, prompts: Sequence[str], seeds: Sequence[int] = (0,)
     jobs = [(p, int(s)) for p in prompts for s in seeds]
     if not jobs:
         raise SenCacheError("ablations need at least one prompt and one seed")
-    bar = tqdm(total=len(jobs) * (1 + len(settings)), desc="ablations", unit="run", disable=not progress)
-    per: dict[int, list[dict]] = {i: [] for i in range(len(settings))}
-    try:
-        for p, s in jobs:
-            ref = generate(pipe, p, s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                           **(call_kwargs or {})).frames
-            bar.update(1)
-            for i, (_, _, e, n) in enumerate(settings):
-                session = hooks.enable(pipe, SenCacheConfig(profile, eps=e, max_reuse=n, final_steps=final_steps))
-                try:
-                    with quiet_sencache():
-                        test = generate(pipe, p, s, num_inference_steps=num_inference_steps,
-                                        guidance_scale=guidance_scale, **(call_kwargs or {})).frames
-                    nfe = int(session.summary()["nfe"])
-                finally:
-                    hooks.disable(pipe)
-                m = video_metrics(ref, test, lpips=use_lpips)
-                per[i].append({"prompt": p, "seed": s, "nfe": nfe, "psnr": min(float(m["psnr"]), 100.0),
-                               "ssim": float(m["ssim"]), "lpips": m["lpips"]})
-                bar.update(1)
-    finally:
-        bar.close()
+    from .budget import runs_against_reference
+
+    configs = {i: SenCacheConfig(profile, eps=e, max_reuse=n, final_steps=final_steps)
+               for i, (_, _, e, n) in enumerate(settings)}
+    per = runs_against_reference(pipe, jobs, configs,
+                                 dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                      **(call_kwargs or {})), use_lpips, desc="ablations", progress=progress)
     rows = []
     for i, (kind, value, e, n) in enumerate(settings):
         r = per[i]

@@ -535,13 +535,7 @@ def compare_variants(pipe, profile, prompts: Sequence[str], target_nfe: float, v
     mean PSNR and its margin over ``baseline`` (default: the first variant). Budget mode does not
     simulate the correction, so check ``nfe_spread`` before reading a PSNR difference as a win.
     """
-    from tqdm.auto import tqdm
-
-    from . import hooks
     from .baseline_calibration import check_disjoint
-    from .generation import generate
-    from .methods import quiet_sencache
-    from .metrics import video_metrics
     from .rules.sencache import SenCacheConfig
 
     if not variants:
@@ -560,27 +554,8 @@ def compare_variants(pipe, profile, prompts: Sequence[str], target_nfe: float, v
     jobs = [(p, int(s)) for p in prompts for s in seeds]
     if not jobs:
         raise SenCacheError("no prompts or seeds to compare on")
-    bar = tqdm(total=len(jobs) * (1 + len(configs)), desc="variants", disable=not progress, leave=False)
-    runs: dict[str, list[dict]] = {k: [] for k in configs}
     kwargs = dict(num_inference_steps=T, guidance_scale=guidance_scale, **(call_kwargs or {}))
-    try:
-        for p, s in jobs:
-            ref = generate(pipe, p, s, **kwargs).frames
-            bar.update(1)
-            for name, cfg in configs.items():
-                session = hooks.enable(pipe, cfg)
-                try:
-                    with quiet_sencache():
-                        test = generate(pipe, p, s, **kwargs).frames
-                    nfe = int(session.summary()["nfe"])
-                finally:
-                    hooks.disable(pipe)
-                m = video_metrics(ref, test, lpips=use_lpips)
-                runs[name].append({"prompt": p, "seed": s, "nfe": nfe, "psnr": min(float(m["psnr"]), 100.0),
-                                   "ssim": float(m["ssim"]), "lpips": m["lpips"]})
-                bar.update(1)
-    finally:
-        bar.close()
+    runs = runs_against_reference(pipe, jobs, configs, kwargs, use_lpips, desc="variants", progress=progress)
     rows = {}
     for name, cfg in configs.items():
         r = runs[name]
@@ -651,3 +626,39 @@ def variants_table(result: dict, title: str = "SenCache variants") -> str:
 
 def schedules_table(result: dict) -> str:
     return variants_table(result, "ε schedules (baseline: constant = the fixed ε)")
+
+
+def runs_against_reference(pipe, jobs, configs: dict, gen_kwargs: dict, use_lpips: bool, desc: str,
+                           progress: bool = True) -> dict:
+    """For every (prompt, seed) job: the uncached reference, then each SenCache config on the same inputs.
+
+    Returns ``{key: [{prompt, seed, nfe, psnr, ssim, lpips}, ...]}`` in job order (PSNR capped at 100 dB).
+    """
+    from tqdm import tqdm
+
+    from . import hooks
+    from .generation import generate
+    from .methods import quiet_sencache
+    from .metrics import video_metrics
+
+    bar = tqdm(total=len(jobs) * (1 + len(configs)), desc=desc, unit="run", disable=not progress, leave=False)
+    runs: dict = {k: [] for k in configs}
+    try:
+        for p, s in jobs:
+            ref = generate(pipe, p, s, **gen_kwargs).frames
+            bar.update(1)
+            for key, cfg in configs.items():
+                session = hooks.enable(pipe, cfg)
+                try:
+                    with quiet_sencache():
+                        test = generate(pipe, p, s, **gen_kwargs).frames
+                    nfe = int(session.summary()["nfe"])
+                finally:
+                    hooks.disable(pipe)
+                m = video_metrics(ref, test, lpips=use_lpips)
+                runs[key].append({"prompt": p, "seed": s, "nfe": nfe, "psnr": min(float(m["psnr"]), 100.0),
+                                  "ssim": float(m["ssim"]), "lpips": m["lpips"]})
+                bar.update(1)
+    finally:
+        bar.close()
+    return runs
