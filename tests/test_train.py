@@ -1,6 +1,14 @@
 """The demo model's training script: deterministic given the seed, and resumable without changing the curve."""
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
 
 from sencache.demo_model.train import parse_args, train
 
@@ -30,3 +38,28 @@ def test_same_seed_reproduces_the_loss_curve_and_resume_continues_it(tmp_path):
     other = tmp_path / "d"
     run(other, 3, extra=("--seed", "1"))
     assert losses(other) != losses(first)
+
+
+
+def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path):
+    """A `kill`ed background run loses nothing: it saves its checkpoint and exports the pipeline."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sencache.demo_model.train", "--out", str(out), "--steps", "100000",
+           "--batch-size", "1", "--threads", "1", "--save-every", "1000", "--warmup", "2",
+           "--transformer-overrides", '{"num_layers": 1}']
+    with open(tmp_path / "train.log", "w") as console:
+        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        log = out / "loss.csv"
+        deadline = time.time() + 180
+        while proc.poll() is None and time.time() < deadline:
+            if log.exists() and len(log.read_text().splitlines()) >= 3:  # header + two trained steps
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "training stopped before it was signalled"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, (tmp_path / "train.log").read_text()[-2000:]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] >= 2  # the trained steps survived although --save-every was never reached
+    config = json.loads((out / "pipeline" / "transformer" / "config.json").read_text())
+    assert config["num_layers"] == 1  # --transformer-overrides reached the model

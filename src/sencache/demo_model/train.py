@@ -4,7 +4,7 @@
 
 Deterministic given ``--seed``: the batch and the noise of step k come from generators seeded with
 (seed, k), so a run resumed from a checkpoint continues exactly where it stopped. Logs the loss to
-``OUT/loss.csv``; saves a resumable ``OUT/checkpoint.pt`` and, at the end (or on Ctrl-C), the EMA
+``OUT/loss.csv``; saves a resumable ``OUT/checkpoint.pt`` and, at the end (or on Ctrl-C or SIGTERM), the EMA
 weights as a diffusers WanPipeline folder ``OUT/pipeline``.
 """
 
@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -68,11 +70,18 @@ def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
     export.save_pretrained(out_dir, safe_serialization=True)
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = build_pipeline(data.vocabulary(), seed=args.seed)
+    overrides = json.loads(args.transformer_overrides) if args.transformer_overrides else {}
+    if args.patch_size:
+        overrides["patch_size"] = tuple(args.patch_size)
+    pipe = build_pipeline(data.vocabulary(), seed=args.seed, **overrides)
     modules = trainable_modules(pipe)
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -102,6 +111,9 @@ def train(args) -> Path:
         torch.save({"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
         os.replace(tmp, ckpt_path)  # atomic: an interrupted save never corrupts the last checkpoint
 
+    # `kill` (SIGTERM) stops like Ctrl-C: checkpoint and export. Background jobs of a non-interactive shell
+    # ignore SIGINT, so SIGTERM is the signal that reaches them.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     deadline = time.time() + args.minutes * 60 if args.minutes else math.inf
     t0 = time.time()
     step = start
@@ -123,10 +135,10 @@ def train(args) -> Path:
                     e.lerp_(p, 1 - decay)
             step += 1
             log.writerow([step, f"{loss.item():.6f}", f"{opt.param_groups[0]['lr']:.3e}", f"{time.time() - t0:.1f}"])
+            log_file.flush()  # the curve on disk is always current (cheap: one line per step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % args.save_every == 0:
-                log_file.flush()
                 checkpoint(step)
     except KeyboardInterrupt:
         print("interrupted: saving checkpoint and pipeline")
@@ -134,6 +146,7 @@ def train(args) -> Path:
         bar.close()
         log_file.close()
         checkpoint(step)
+        signal.signal(signal.SIGTERM, previous_handler)
     save_pipeline(pipe, ema, out / "pipeline")
     print(f"trained to step {step}; pipeline saved to {out / 'pipeline'}")
     return out / "pipeline"
@@ -151,6 +164,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("T", "H", "W"), default=None,
+                   help="transformer patch size (default: the one in build.TRANSFORMER_CONFIG)")
+    p.add_argument("--transformer-overrides", default=None, metavar="JSON",
+                   help='transformer config entries to change, e.g. \'{"num_layers": 4}\'')
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)
