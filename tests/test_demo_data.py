@@ -182,3 +182,29 @@ def test_judge_missing_object_is_false():
     r = judge_video(frames, "a small red circle standing still on a plain background")
     assert not any(r[a] for a in ("colour", "shape", "direction", "all"))
     assert r["objects"][0]["measured"]["found"] is False
+
+
+def test_word_effect_swaps_one_word_and_measures_only_what_the_renderer_uses():
+    from sencache.demo_model.word_effect import swapped_captions, word_effect
+
+    caption = "a small red circle moving left on a plain background"
+    variants = swapped_captions(caption)
+    assert sorted(variants) == ["colour", "direction", "shape", "size"]
+    assert len(variants["colour"]) == 3 and len(variants["direction"]) == 3 and len(variants["size"]) == 1
+    assert "a small red circle moving up on a plain background" in variants["direction"]
+    for captions in variants.values():  # each variant differs from the caption in exactly one word
+        for v in captions:
+            assert sum(a != b for a, b in zip(v.split(), caption.split())) == 1
+
+    def colour_only(text, seed):  # a "model" that listens to the colour word and nothing else
+        objects, _ = D.parse_caption(text)
+        frames = np.zeros((2, 4, 4, 3))
+        frames[..., 0] = list(D.COLORS).index(objects[0].colour) / 4 + seed * 0.01
+        return frames
+
+    effect = word_effect(colour_only, caption, seeds=[0, 1])
+    assert effect["colour"] > 0.1
+    assert effect["shape"] == effect["size"] == effect["direction"] == 0.0
+    assert "direction" not in swapped_captions("a large blue square standing still on a striped background")
+    with pytest.raises(ValueError, match="one-object"):
+        swapped_captions("a small red circle moving left and a large blue square standing still on a plain background")

@@ -22,6 +22,8 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
+    if args.word_effect:
+        return _report_word_effect(pipe, args)
     prompts = dataset_prompts(args.prompts, seed=args.prompt_seed)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     pairs, per_clip = [], []
@@ -42,6 +44,27 @@ def run(args) -> int:
     return 0
 
 
+def _report_word_effect(pipe, args) -> int:
+    from ..demo_model.word_effect import word_effect
+    from ..generation import generate
+
+    def render(caption, seed):
+        return generate(pipe, caption, seed, num_inference_steps=args.steps, guidance_scale=args.guidance).frames
+
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    effect = word_effect(render, args.word_effect, seeds)
+    print(f"mean |pixel change| in [0, 1] when one word of {args.word_effect!r} is swapped ({len(seeds)} seed(s)):")
+    strongest = max(effect.values()) or 1.0
+    for attribute, value in sorted(effect.items(), key=lambda kv: -kv[1]):
+        print(f"  {attribute:9s} {value:.4f}  {'#' * max(1, round(40 * value / strongest))}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"caption": args.word_effect, "seeds": seeds, "steps": args.steps,
+                                              "guidance": args.guidance, "mean_abs_change": effect}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("judge", help="score how well the demo model follows captions (colour, shape, direction)")
     p.add_argument("--model", default=None, help="pipeline folder (default: the shipped demo model)")
@@ -51,6 +74,9 @@ def add_cli(sub) -> None:
     p.add_argument("--first-seed", type=int, default=10_000)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--word-effect", metavar="CAPTION", default=None,
+                   help="instead of scoring: swap one attribute word of this one-object caption at a time (same "
+                        "seeds) and report how much each kind of swap changes the pixels")
     p.add_argument("--out", default=None, help="write scores as JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny demo model)")
     p.set_defaults(func=run)
