@@ -19,7 +19,6 @@ memory and copies them back to the device when a step reuses them.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import StateManager
 
+from .arguments import ArgumentReader
 from .errors import SenCacheError, UnsupportedModelError
 from .parallel import AUTO, DecisionSync, place_inside_parallel_hooks, resolve_sync
 from .rules.base import Decision, StepInput, rms_per_sample
@@ -354,16 +354,16 @@ class SenCacheModelHook(ModelHook):
         super().__init__()
         self.session = session
         self.context_state = StateManager(_NoState)  # diffusers sets the cache context on it
-        self.signature = None
+        self.arguments = None
 
     def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
+        self.arguments = ArgumentReader(type(module).forward)
         return module
 
     def new_forward(self, module, *args, **kwargs):
         s = self.session
-        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        latent, timestep = bound.get("hidden_states"), bound.get("timestep")
+        latent = self.arguments.get("hidden_states", args, kwargs)
+        timestep = self.arguments.get("timestep", args, kwargs)
         if not isinstance(latent, torch.Tensor) or not isinstance(timestep, torch.Tensor):
             return self.fn_ref.original_forward(*args, **kwargs)
         context = self.context_state._context
@@ -420,14 +420,11 @@ class SenCacheBlockHook(ModelHook):
         self.session = session
         self.is_head = index == 0
         self.is_tail = index == count - 1
-        self.signature = None
+        self.arguments = None
 
     def initialize_hook(self, module):
-        self.signature = inspect.signature(type(module).forward)
+        self.arguments = ArgumentReader(type(module).forward)
         return module
-
-    def _arguments(self, module, args, kwargs) -> dict:
-        return self.signature.bind_partial(module, *args, **kwargs).arguments
 
     def _pack(self, hidden, encoder):
         st = self.session.stack
@@ -451,10 +448,10 @@ class SenCacheBlockHook(ModelHook):
         st = s.stack
         batch = s.gen.batch
         if self.is_head:
-            bound = self._arguments(module, args, kwargs)
-            hidden = bound.get(st.hidden_arg)
-            encoder = bound.get("encoder_hidden_states") if st.encoder_index is not None else None
-            s._decide(modulation=bound.get("temb"))
+            read = self.arguments.get
+            hidden = read(st.hidden_arg, args, kwargs)
+            encoder = read("encoder_hidden_states", args, kwargs) if st.encoder_index is not None else None
+            s._decide(modulation=read("temb", args, kwargs))
             call.head_hidden, call.head_encoder = hidden, encoder
             if bool(call.compute.all()):
                 call.mode = "full"
@@ -470,8 +467,8 @@ class SenCacheBlockHook(ModelHook):
                 if encoder is not None and call.branch in s.gen.encoder_residual:
                     encoder = encoder + s._cached(s.gen.encoder_residual, call.branch, encoder)
                 return self._pack(hidden, encoder)
-            bound = self._arguments(module, args, kwargs)
-            return self._pack(bound.get(st.hidden_arg), bound.get("encoder_hidden_states"))
+            read = self.arguments.get
+            return self._pack(read(st.hidden_arg, args, kwargs), read("encoder_hidden_states", args, kwargs))
         if call.mode == "subset":
             args = tuple(_slice_rows(a, batch, call.rows) for a in args)
             kwargs = {k: _slice_rows(v, batch, call.rows) for k, v in kwargs.items()}
