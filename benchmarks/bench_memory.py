@@ -344,11 +344,7 @@ def main(argv=None) -> dict:
                   "offload_residuals on a CPU-only machine keeps everything in host memory: the split by device "
                   "only means something when the model runs on a GPU"],
     }
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    path = common.write_result(NAME, result, args.out)
-    print(f"## Memory{' (smoke run: not a result)' if args.quick else ''}\n\n{md}\n")
-    print(f"wrote {path}")
-    return result
+    return common.finish(NAME, "Memory", result, md, args, started)
 
 
 if __name__ == "__main__":

@@ -375,11 +375,7 @@ def main(argv=None) -> dict:
             "code (CPU-side, plus the latent finiteness check's sync) weighs more",
         ],
     }
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    path = common.write_result(NAME, result, args.out)
-    print(f"## Decision overhead{' (smoke run: not a result)' if args.quick else ''}\n\n{md}\n")
-    print(f"wrote {path}")
-    return result
+    return common.finish(NAME, "Decision overhead", result, md, args, started)
 
 
 if __name__ == "__main__":

@@ -215,13 +215,7 @@ def main(argv=None) -> dict:
         "table_md": md,
         "notes": notes,
     }
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    path = common.write_result(NAME, result, args.out)
-    print(f"## Peers side by side{' (smoke run: not a result)' if args.quick else ''}\n\n{md}\n")
-    for n in notes:
-        print(f"- {n}")
-    print(f"wrote {path}")
-    return result
+    return common.finish(NAME, "Peers side by side", result, md, args, started, notes)
 
 
 if __name__ == "__main__":

@@ -289,11 +289,7 @@ def main(argv=None) -> dict:
                           "measured speed-up / ideal speed-up = W_ideal / W_cached, per repetition, median",
                           "speed-up and ideal speed-up columns are from the medians over repetitions"],
     }
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    path = common.write_result(NAME, result, args.out)
-    print(f"## Speed-up against the limit{' (smoke run: not a result)' if args.quick else ''}\n\n{md}\n")
-    print(f"wrote {path}")
-    return result
+    return common.finish(NAME, "Speed-up against the limit", result, md, args, started)
 
 
 if __name__ == "__main__":

@@ -315,6 +315,17 @@ def write_result(name: str, data: dict, out_dir) -> Path:
     return path
 
 
+def finish(name: str, title: str, result: dict, md: str, args, started: float, notes: list[str] = ()) -> dict:
+    """Stamp the run time, write ``OUT/NAME.json`` and print the section (flagged when it is a smoke run)."""
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    path = write_result(name, result, args.out)
+    print(f"## {title}{' (smoke run: not a result)' if args.quick else ''}\n\n{md}\n")
+    for note in notes:
+        print(f"- {note}")
+    print(f"wrote {path}")
+    return result
+
+
 def _clean(x):
     if isinstance(x, float):
         return x if math.isfinite(x) else None

@@ -46,7 +46,7 @@ def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "sencache.demo_model.train", "--out", str(out), "--steps", "100000",
            "--batch-size", "1", "--threads", "1", "--save-every", "1000", "--warmup", "2",
-           "--transformer-overrides", '{"num_layers": 1}']
+           "--transformer-overrides", '{"num_layers": 1, "patch_size": [2, 4, 4]}']
     with open(tmp_path / "train.log", "w") as console:
         proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         log = out / "loss.csv"
@@ -62,4 +62,4 @@ def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] >= 2  # the trained steps survived although --save-every was never reached
     config = json.loads((out / "pipeline" / "transformer" / "config.json").read_text())
-    assert config["num_layers"] == 1  # --transformer-overrides reached the model
+    assert config["num_layers"] == 1 and config["patch_size"] == [2, 4, 4]  # --transformer-overrides reached the model

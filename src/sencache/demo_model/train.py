@@ -78,9 +78,9 @@ def train(args) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = json.loads(args.transformer_overrides) if args.transformer_overrides else {}
-    if args.patch_size:
-        overrides["patch_size"] = tuple(args.patch_size)
+    # JSON has no tuples; diffusers configs (patch_size) use them
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in json.loads(args.transformer_overrides or "{}").items()}
     pipe = build_pipeline(data.vocabulary(), seed=args.seed, **overrides)
     modules = trainable_modules(pipe)
     ema = copy.deepcopy(modules).requires_grad_(False)
@@ -164,10 +164,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("T", "H", "W"), default=None,
-                   help="transformer patch size (default: the one in build.TRANSFORMER_CONFIG)")
     p.add_argument("--transformer-overrides", default=None, metavar="JSON",
-                   help='transformer config entries to change, e.g. \'{"num_layers": 4}\'')
+                   help='transformer config entries to change (default: build.TRANSFORMER_CONFIG), '
+                        'e.g. \'{"num_layers": 4, "patch_size": [2, 4, 4]}\'')
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)
