@@ -50,7 +50,7 @@ PYEOF
 fi
 
 status=0
-for bench in overhead speedup memory peers; do
+for bench in overhead speedup memory peers demo_cost; do
   echo
   echo "=== bench_$bench ==="
   start=$SECONDS

@@ -25,6 +25,8 @@ SECTIONS = [
     ("memory", "Memory", "Cached state per CFG branch against one latent and one hidden state; peak RSS."),
     ("peers", "Peers side by side", "Same prompts and seeds through every cache; NFE, wall time and fidelity "
                                     "against the uncached frames."),
+    ("demo_cost", "Cost of one demo generation", "One uncached generation at the demo settings (50 steps, CFG) on "
+                                                 "2 threads and the transformer's share of it (target ≤ 20 s, ≥ 80 %)."),
 ]
 
 
@@ -53,6 +55,10 @@ def headline(name: str, d: dict) -> list[str]:
         out.append(f"{len(d.get('prompts', []))} prompt(s) × {len(d.get('seeds', []))} seed(s), {d.get('steps')} steps, "
                    f"{d.get('repeats')} repeat(s); cache-dit: "
                    + (cd.get("version") or "?" if cd.get("available") else f"unavailable ({cd.get('reason')})"))
+    elif name == "demo_cost":
+        out.append(f"median {d['wall_s']:.2f} s per generation, transformer {common.pct(d['transformer_share'], 1)} "
+                   f"of it ({d['steps']} steps, {d['threads']} threads); target met: "
+                   f"{'yes' if d['meets_target'] else 'no'}")
     return out
 
 

@@ -4,7 +4,7 @@ Trains the shipped demo architecture on the easiest data that still asks for dir
 fast on a plain background; colour, shape and direction random), or judges such a model on 16 fresh prompts x 2
 seeds of that data:
 
-    .venv/bin/python scripts/experiment_direction_only.py train --out runs/dironly --steps 1500 --minutes 24
+    .venv/bin/python scripts/experiment_direction_only.py train --vae runs/vae/vae --out runs/dironly --steps 1500 --minutes 24
     .venv/bin/python scripts/experiment_direction_only.py judge runs/dironly/pipeline
 
 Every argument after ``train`` goes to ``sencache.demo_model.train``.

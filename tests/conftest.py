@@ -25,7 +25,7 @@ def wan_kwargs(steps: int = 10, guidance: float = 5.0) -> dict:
     from sencache.demo_model.build import TEXT_LEN, pipeline_size_kwargs
 
     return dict(num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
-                max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(4, 16, 16))
+                max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(5, 16, 16))
 
 
 def tiny_cogvideox(seed: int = 0):

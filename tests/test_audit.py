@@ -19,7 +19,7 @@ from sencache.generation import generate
 
 cal = importlib.import_module("sencache.calibrate")
 
-SIZE = pipeline_size_kwargs(4, 16, 16)
+SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 10
 CALIBRATION = ["a red circle moving left", "a blue square moving right"]
 HELD_OUT = ["a blue circle moving left", "a red square moving right"]

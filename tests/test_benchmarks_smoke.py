@@ -34,6 +34,10 @@ DOCUMENTED = {
     "peers": [
         "reference_wall_s", "rows.*.nfe", "rows.*.wall_s", "rows.*.speedup", "rows.*.psnr",
     ],
+    "demo_cost": [
+        "wall_s", "transformer_share", "runs.*.wall_s", "runs.*.transformer_s", "runs.*.text_encoder_s",
+        "runs.*.vae_decode_s", "runs.*.rest_s",
+    ],
 }
 ENVELOPE = ["benchmark", "command", "quick", "machine", "table_md", "notes"]
 
@@ -84,6 +88,11 @@ def test_every_benchmark_runs_quick_and_writes_its_documented_keys(tmp_path, mon
     md_path = write_results.main(["--results", str(tmp_path), "--out", str(tmp_path / "RESULTS.md")])
     md = md_path.read_text()
     assert "SMOKE RUN" in md and "Missing" not in md
-    for title in ("Decision overhead", "Speed-up against the limit", "Memory", "Peers side by side"):
+    for title in ("Decision overhead", "Speed-up against the limit", "Memory", "Peers side by side",
+                  "Cost of one demo generation"):
         assert f"## {title}" in md
+    cost = json.loads((tmp_path / "demo_cost.json").read_text())
+    for run in cost["runs"]:  # the parts are measured inside the wall time, not guessed
+        assert run["transformer_calls"] == 2 * cost["steps"]  # CFG: cond + uncond per step
+        assert 0 < run["transformer_s"] < run["wall_s"] and run["rest_s"] >= 0
     sys.modules.pop("common", None)

@@ -22,7 +22,7 @@ from sencache.rules.sencache import SCHEDULE_PRESETS, EpsSchedule
 
 cal = importlib.import_module("sencache.calibrate")  # the module (sencache.calibrate may name the function)
 
-SIZE = pipeline_size_kwargs(4, 16, 16)
+SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 16
 CALIBRATION = ["a red circle moving left", "a blue square moving right", "a red square", "a blue circle"]
 HELD_OUT = ["a blue circle moving left", "a red square moving right", "a red circle moving right"]
@@ -317,7 +317,7 @@ def test_cli_calibrate_target_nfe(pipe, tmp_path, capsys):
     prompts.write_text("\n".join(CALIBRATION[:2]) + "\n")
     out = tmp_path / "profile.json"
     code = main(["calibrate", "--model", str(model), "--prompts", str(prompts), "--steps", "8", "--samples", "2",
-                 "--frames", "4", "--height", "16", "--width", "16", "--out", str(out), "--target-nfe", "5",
+                 "--frames", "5", "--height", "16", "--width", "16", "--out", str(out), "--target-nfe", "5",
                  "--no-progress"])
     assert code == 0
     assert "budget: eps=" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from sencache.profile import SensitivityProfile, model_config_hash
 
 WORDS = ["a", "red", "ball", "blue", "box", "moves", "left"]
 PROMPTS = ["a red ball moves left", "a blue box"]
-SIZE = pipeline_size_kwargs(4, 16, 16)
+SIZE = pipeline_size_kwargs(5, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_calibrate_tiny_wan(pipe, profile):
     assert m["model_class"] == "WanTransformer3DModel" and m["config_hash"] == model_config_hash(pipe.transformer)
     assert m["branch"] == "cond" and m["guidance"] == 5.0 and m["source"] == "trajectory"
     assert m["seeds"] == [5, 6, 7] and m["prompts"] == [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
-    assert m["latent_shape"] == [1, 3, 4, 16, 16] and m["timestep_unit"] == cal.TIMESTEP_UNIT
+    assert m["latent_shape"] == [1, 8, 3, 4, 4] and m["timestep_unit"] == cal.TIMESTEP_UNIT
     assert m["scheduler_class"] == "UniPCMultistepScheduler" and m["shift"] == 2.0
     assert profile.jt == profile.curves["jt_raw"]
     for q in ("p10", "p50", "p90"):
@@ -200,9 +200,9 @@ def test_calibrate_from_videos(pipe, tmp_path):
     assert m["source"] == "videos" and m["videos"] == ["a.npy", "b.gif"]
     assert m["prompts"] == ["a blue box", "a red ball", "a blue box"]
     assert len(prof.jx) == 3 and all(math.isfinite(v) and v > 0 for v in prof.jx + prof.jt)
-    # a video is resized to the model's latent: (F, H, W) = (4, 16, 16)
+    # a video is resized to the model's size (5 frames, 16x16) and encoded by its VAE: latent (8, 3, 4, 4)
     target = cal.WanTarget(pipe, dict(SIZE))
-    assert tuple(target.encode_video(cal.load_video(tmp_path / "a.npy")).shape) == (1, 3, 4, 16, 16)
+    assert tuple(target.encode_video(cal.load_video(tmp_path / "a.npy")).shape) == (1, 8, 3, 4, 4)
 
 
 def test_load_video_errors(tmp_path):
@@ -232,10 +232,10 @@ def test_profile_serves_other_resolution_and_steps(pipe, profile):
     cache = sencache.enable(pipe, sencache.SenCacheConfig(profile, eps=1e6, eps_start=1e6, max_reuse=2))
     try:
         out = pipe(PROMPTS[1], num_inference_steps=7, generator=torch.Generator().manual_seed(0), output_type="latent",
-                   max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(4, 16, 32)).frames
+                   max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(5, 16, 32)).frames
     finally:
         sencache.disable(pipe)
-    assert out.shape == (1, 3, 4, 16, 32) and bool(torch.isfinite(out).all())
+    assert out.shape == (1, 8, 3, 4, 8) and bool(torch.isfinite(out).all())
     assert any(not r.computed for r in cache.trace.records)  # the profile was used to reuse steps
 
 
@@ -245,7 +245,7 @@ def test_profile_of_another_model_is_refused(pipe, profile):
     class OtherTransformer(WanTransformer3DModel):
         pass
 
-    other = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=None,
+    other = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
                         scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config),
                         transformer=OtherTransformer(**{k: v for k, v in pipe.transformer.config.items()
                                                         if not k.startswith("_")}))
@@ -284,7 +284,7 @@ def prompt_file(tmp_path):
 
 def _cli_args(model_dir, prompts, out, *extra):
     return ["calibrate", "--model", str(model_dir), "--prompts", str(prompts), "--steps", "3", "--samples", "2",
-            "--frames", "4", "--height", "16", "--width", "16", "--out", str(out), "--no-progress", *extra]
+            "--frames", "5", "--height", "16", "--width", "16", "--out", str(out), "--no-progress", *extra]
 
 
 def test_cli_calibrate_and_plot(model_dir, prompt_file, tmp_path, capsys):
@@ -292,7 +292,7 @@ def test_cli_calibrate_and_plot(model_dir, prompt_file, tmp_path, capsys):
     assert main(_cli_args(model_dir, prompt_file, out, "--guidance", "3")) == 0
     prof = SensitivityProfile.load(out)
     assert len(prof.timesteps) == 3 and prof.metadata["guidance"] == 3.0 and prof.metadata["num_samples"] == 2
-    assert prof.metadata["latent_shape"] == [1, 3, 4, 16, 16]
+    assert prof.metadata["latent_shape"] == [1, 8, 3, 4, 4]
     png = tmp_path / "p.png"
     assert main(["plot-profile", str(out), "--out", str(png)]) == 0
     data = png.read_bytes()
@@ -314,11 +314,12 @@ def _bad_cases(tmp_path, model_dir, prompt_file):
         "missing model dir": (_cli_args(tmp_path / "nowhere", prompt_file, "{out}"), "nowhere"),
         "not a model dir": (_cli_args(videos, prompt_file, "{out}"), "model_index.json"),
         "missing prompt file": (_cli_args(model_dir, tmp_path / "nope.txt", "{out}"), "nope.txt"),
+        "frames the VAE cannot take": (_cli_args(model_dir, prompt_file, "{out}") + ["--frames", "8"], "1 + 4k frames"),
     }
 
 
 @pytest.mark.parametrize("case", ["empty prompt file", "samples 0", "unreadable video", "missing model dir",
-                                  "not a model dir", "missing prompt file"])
+                                  "not a model dir", "missing prompt file", "frames the VAE cannot take"])
 def test_cli_bad_input(case, model_dir, prompt_file, tmp_path, capsys):
     argv, needle = _bad_cases(tmp_path, model_dir, prompt_file)[case]
     out = tmp_path / "out" / "profile.json"

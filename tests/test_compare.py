@@ -10,6 +10,7 @@ import pytest
 
 from sencache.baseline_calibration import calibrate_baselines, default_calibration_prompts, default_evaluation_prompts
 from sencache.compare import PSNR_CAP, compare, make_jobs, merge_records, plan_variants, shard_jobs
+from sencache.demo_model.data import FRAMES
 from sencache.errors import SenCacheError
 from sencache.methods import MethodContext
 
@@ -198,7 +199,7 @@ def test_report_writes_video_gif_plots_and_page(run, baselines):
     for name in ("side_by_side.mp4", "side_by_side.gif", "schedule.png", "pareto.png", "report.html"):
         assert files[name].stat().st_size > 0
     gif = imageio.mimread(files["side_by_side.gif"])
-    assert len(gif) == 8  # the demo model's 8 frames
+    assert len(gif) == FRAMES  # one GIF frame per video frame of the demo model
     height, width = gif[0].shape[:2]
     assert width >= 3 * 4 * 32 and width < 4 * 4 * 32 and height >= 2 * 4 * 32  # 3 columns (reference, fixed, magcache; not the re-run), 2 rows, x4
     assert height % 16 == 0 and width % 16 == 0

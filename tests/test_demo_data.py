@@ -22,7 +22,7 @@ def samples() -> list[D.Sample]:
 
 
 def test_fixed_format_constants():
-    assert D.FRAMES == 8 and D.SIZE == 32
+    assert D.FRAMES == 9 and D.SIZE == 32
     assert {"red", "green", "blue", "yellow"} <= set(D.COLORS) and len(D.COLORS) <= 6
     assert D.SHAPES == ("circle", "square", "triangle")
     assert D.DIRECTIONS == ("left", "right", "up", "down")

@@ -45,7 +45,7 @@ def test_torchrun_two_ranks_equals_single_process(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball moves left\na blue box\n")
     args = ["calibrate", "--model", str(model), "--prompts", str(prompts), "--steps", "4", "--samples", "3",
-            "--seed", "3", "--frames", "4", "--height", "16", "--width", "16"]
+            "--seed", "3", "--frames", "5", "--height", "16", "--width", "16"]
 
     single = tmp_path / "single.json"
     assert main([*args, "--out", str(single), "--no-progress"]) == 0

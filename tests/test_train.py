@@ -1,4 +1,5 @@
-"""The demo model's training script: deterministic given the seed, and resumable without changing the curve."""
+"""The demo model's training scripts (VAE, then transformer): deterministic given the seed, resumable without
+changing the curve, and stoppable with SIGTERM."""
 
 import csv
 import json
@@ -8,45 +9,73 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from sencache.demo_model import train_vae
+from sencache.demo_model.build import build_vae
 from sencache.demo_model.train import parse_args, train
 
 
-def losses(folder):
-    with open(folder / "loss.csv") as f:
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    build_vae(seed=0).save_pretrained(folder)
+    return folder
+
+
+def losses(folder, name="loss.csv"):
+    with open(folder / name) as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
-def run(folder, steps, extra=()):
-    args = parse_args(["--out", str(folder), "--steps", str(steps), "--batch-size", "2", "--threads", "1",
-                       "--save-every", "1", "--warmup", "2", *extra])
+def run(folder, steps, vae_dir, extra=()):
+    args = parse_args(["--vae", str(vae_dir), "--out", str(folder), "--steps", str(steps), "--batch-size", "2",
+                       "--threads", "1", "--save-every", "1", "--warmup", "2", *extra])
     return train(args)
 
 
-def test_same_seed_reproduces_the_loss_curve_and_resume_continues_it(tmp_path):
+def test_same_seed_reproduces_the_loss_curve_and_resume_continues_it(tmp_path, vae_dir):
     first = tmp_path / "a"
     second = tmp_path / "b"
     resumed = tmp_path / "c"
-    run(first, 3)
-    run(second, 3)
+    run(first, 3, vae_dir)
+    run(second, 3, vae_dir)
     assert losses(first) == losses(second)  # bit-identical curve from the same seed
-    run(resumed, 2)
-    run(resumed, 3)  # picks up the checkpoint at step 2
+    run(resumed, 2, vae_dir)
+    run(resumed, 3, vae_dir)  # picks up the checkpoint at step 2
     assert losses(resumed) == losses(first)
     assert (first / "pipeline" / "model_index.json").exists()
+    assert (first / "pipeline" / "vae" / "config.json").exists()  # the exported pipeline carries its VAE
     other = tmp_path / "d"
-    run(other, 3, extra=("--seed", "1"))
+    run(other, 3, vae_dir, extra=("--seed", "1"))
     assert losses(other) != losses(first)
 
 
+def test_vae_training_is_deterministic_resumable_and_records_the_latent_statistics(tmp_path):
+    def run_vae(folder, steps, seed=0, extra=()):
+        return train_vae.train(train_vae.parse_args(["--out", str(folder), "--steps", str(steps), "--batch-size", "1",
+                                                     "--threads", "1", "--save-every", "1", "--seed", str(seed),
+                                                     *extra]))
 
-def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path):
+    first = run_vae(tmp_path / "a", 3)
+    run_vae(tmp_path / "b", 3, extra=("--stop-at", "2"))
+    assert len(losses(tmp_path / "b", "vae_loss.csv")) == 2
+    run_vae(tmp_path / "b", 3)  # resumed at step 2
+    assert losses(tmp_path / "a", "vae_loss.csv") == losses(tmp_path / "b", "vae_loss.csv")
+    run_vae(tmp_path / "c", 3, seed=1)
+    assert losses(tmp_path / "c", "vae_loss.csv") != losses(tmp_path / "a", "vae_loss.csv")
+    config = json.loads((first / "config.json").read_text())
+    assert config["latents_std"] != [1.0] * 8 and all(s > 0 for s in config["latents_std"])  # measured, not placeholders
+
+
+
+def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path, vae_dir):
     """A `kill`ed background run loses nothing: it saves its checkpoint and exports the pipeline."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sencache.demo_model.train", "--out", str(out), "--steps", "100000",
+    cmd = [sys.executable, "-m", "sencache.demo_model.train", "--vae", str(vae_dir), "--out", str(out), "--steps", "100000",
            "--batch-size", "1", "--threads", "1", "--save-every", "1000", "--warmup", "2",
-           "--transformer-overrides", '{"num_layers": 1, "patch_size": [2, 4, 4]}']
+           "--transformer-overrides", '{"num_layers": 1, "patch_size": [1, 2, 2]}']
     with open(tmp_path / "train.log", "w") as console:
         proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         log = out / "loss.csv"
@@ -62,4 +91,19 @@ def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] >= 2  # the trained steps survived although --save-every was never reached
     config = json.loads((out / "pipeline" / "transformer" / "config.json").read_text())
-    assert config["num_layers"] == 1 and config["patch_size"] == [2, 4, 4]  # --transformer-overrides reached the model
+    assert config["num_layers"] == 1 and config["patch_size"] == [1, 2, 2]  # --transformer-overrides reached the model
+
+
+def test_decoder_fine_tune_keeps_the_encoder_and_the_latent_statistics(tmp_path, vae_dir):
+    from diffusers import AutoencoderKLWan
+
+    out = train_vae.train(train_vae.parse_args(["--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "1",
+                                                "--threads", "1", "--decoder-of", str(vae_dir)]))
+    before, after = AutoencoderKLWan.from_pretrained(vae_dir), AutoencoderKLWan.from_pretrained(out)
+    for name, p in before.state_dict().items():
+        changed = not torch.equal(p, after.state_dict()[name])
+        if name.startswith(("encoder.", "quant_conv.")):
+            assert not changed, name  # the latent space a transformer was trained in is untouched
+    assert any(not torch.equal(p, after.state_dict()[n]) for n, p in before.state_dict().items()
+               if n.startswith("decoder."))
+    assert after.config.latents_std == before.config.latents_std

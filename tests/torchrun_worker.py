@@ -73,7 +73,7 @@ def wan_context_parallel(parallel: bool) -> dict:
 
 
 def sharded_inputs(kind: str) -> tuple[list[torch.Tensor], list[float]]:
-    """Full latents (1, 3, 4, 16, 16) per step. Frames 0-1 are rank 0's half, frames 2-3 rank 1's.
+    """Full latents (1, 8, 4, 4, 4) per step. Frames 0-1 are rank 0's half, frames 2-3 rank 1's.
 
     ``drift``: only rank 1's half moves (by 1 per step, RMS 1 on the half, 1/sqrt(2) on the whole), so a
     rank-local RMS sees no change on rank 0 and a change of 1 on rank 1, the global one 0.707.
@@ -81,13 +81,13 @@ def sharded_inputs(kind: str) -> tuple[list[torch.Tensor], list[float]]:
     """
     ts = torch.linspace(900.0, 100.0, T_SHARDED).tolist()
     if kind == "drift":
-        x0 = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        x0 = torch.randn(1, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
         d = torch.zeros_like(x0)
         d[:, :, 2:] = 1.0
         return [x0 + k * d for k in range(T_SHARDED)], ts
     xs = []
     for k in range(T_SHARDED):
-        x = torch.ones(1, 3, 4, 16, 16)
+        x = torch.ones(1, 8, 4, 4, 4)
         x[:, :, 2:] = 1.0 if k % 2 == 0 else -1.0
         xs.append(x)
     return xs, ts

@@ -51,7 +51,6 @@ SamplerOutput = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 TIMESTEP_UNIT = "transformer input (scheduler.timesteps)"
 VIDEO_EXTS = (".mp4", ".gif", ".npy", ".webm", ".mov", ".avi", ".mkv")
-DEMO_SIZE = (8, 32, 32)  # frames, height, width of the demo model's pixel-space videos
 SMOOTHING = "binomial (1,2,1)/4 over neighbouring grid steps; (2,1)/3 at the ends"
 
 
@@ -268,8 +267,9 @@ def model_defaults(pipe) -> dict:
     """Model-specific pipeline defaults for calibration (the one place that knows the demo model)."""
     if _is_demo(pipe):
         from .demo_model.build import TEXT_LEN, pipeline_size_kwargs
+        from .demo_model.data import FRAMES, SIZE
 
-        return {"max_sequence_length": TEXT_LEN, **pipeline_size_kwargs(*DEMO_SIZE)}
+        return {"max_sequence_length": TEXT_LEN, **pipeline_size_kwargs(FRAMES, SIZE, SIZE)}
     return {}
 
 
@@ -277,16 +277,18 @@ def size_kwargs(pipe, frames: int | None = None, height: int | None = None, widt
     """Pipeline size arguments for a (frames, height, width) output video; None keeps the default."""
     if _is_demo(pipe):
         from .demo_model.build import pipeline_size_kwargs
+        from .demo_model.data import FRAMES, SIZE
 
-        f, h, w = (v if v is not None else d for v, d in zip((frames, height, width), DEMO_SIZE))
+        f, h, w = (v if v is not None else d for v, d in zip((frames, height, width), (FRAMES, SIZE, SIZE)))
         return pipeline_size_kwargs(f, h, w)
     given = {"num_frames": frames, "height": height, "width": width}
     return {k: v for k, v in given.items() if v is not None}
 
 
 def _is_demo(pipe) -> bool:
-    """The demo model: a Wan pipeline in pixel space (no VAE)."""
-    return _is_wan(pipe) and getattr(pipe, "vae", None) is None
+    from .demo_model.build import is_demo_pipeline
+
+    return is_demo_pipeline(pipe)
 
 
 def _is_wan(pipe) -> bool:
@@ -364,12 +366,8 @@ class WanTarget:
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         _, c, f, h, w = self.latent_shape
         vae = getattr(self.pipe, "vae", None)
-        if vae is None:  # pixel space (the demo model): the latent is the video at the model's size
-            from .demo_model.build import frames_to_latents
-
-            if c != 3:
-                raise UnsupportedModelError(f"a pipeline without a VAE must denoise RGB pixels, not {c} channels")
-            return frames_to_latents(resize_video(frames, f, h, w)[None]).to(self.device)
+        if vae is None:
+            raise UnsupportedModelError("encoding videos needs the pipeline's VAE, and this pipeline has none")
         video = resize_video(frames, self.num_frames, self.height, self.width)  # (F, H, W, 3) in [0, 255]
         video = (video / 127.5 - 1.0).permute(3, 0, 1, 2)[None].to(vae.device, vae.dtype)
         z = vae.encode(video).latent_dist.mode().float()

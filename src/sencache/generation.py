@@ -1,8 +1,7 @@
 """One generation through an unchanged diffusers pipeline, returned as frames in [0, 1].
 
-Knows the two kinds of pipeline this project meets: ordinary ones with a VAE (frames come from
-``output_type="np"``) and the shipped pixel-space demo model (``vae=None``: the latent *is* the video,
-so we ask for ``output_type="latent"`` and convert). Everything else is passed through unchanged.
+Frames come from ``output_type="np"``; the only model-specific knowledge is the demo model's trained size
+and text length (WanPipeline's defaults are Wan 2.1's 81x480x832). Everything else is passed through unchanged.
 """
 
 from __future__ import annotations
@@ -14,14 +13,11 @@ import numpy as np
 import torch
 
 
-def is_pixel_space(pipe) -> bool:
-    return getattr(pipe, "vae", None) is None and type(pipe).__name__ == "WanPipeline"
-
-
 def default_call_kwargs(pipe) -> dict:
     """Size and text-length defaults the model was trained for (only the demo model needs them)."""
-    if is_pixel_space(pipe):
-        from .demo_model.build import TEXT_LEN, pipeline_size_kwargs
+    from .demo_model.build import TEXT_LEN, is_demo_pipeline, pipeline_size_kwargs
+
+    if is_demo_pipeline(pipe):
         from .demo_model.data import FRAMES, SIZE
 
         return dict(max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(FRAMES, SIZE, SIZE))
@@ -38,22 +34,15 @@ def generate(pipe, prompt: str, seed: int, num_inference_steps: int = 50, guidan
              negative_prompt: str | None = None, device: str | None = None, **call_kwargs) -> Generated:
     kwargs = {**default_call_kwargs(pipe), **call_kwargs}
     generator = torch.Generator(device=device or "cpu").manual_seed(int(seed))
-    pixel = is_pixel_space(pipe)
     start = time.perf_counter()
     out = pipe(
         prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale, generator=generator, output_type="latent" if pixel else "np", **kwargs,
+        guidance_scale=guidance_scale, generator=generator, output_type="np", **kwargs,
     )
     seconds = time.perf_counter() - start
-    video = out.frames
-    if pixel:
-        from .demo_model.build import latents_to_frames
-
-        frames = latents_to_frames(video)[0]
-    else:
-        frames = np.asarray(video[0], dtype=np.float32)
-        if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3:
-            frames = frames.transpose(0, 2, 3, 1)
+    frames = np.asarray(out.frames[0], dtype=np.float32)
+    if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3:
+        frames = frames.transpose(0, 2, 3, 1)
     return Generated(frames=np.clip(frames, 0.0, 1.0).astype(np.float32), seconds=seconds)
 
 

@@ -1,4 +1,4 @@
-"""The shipped demo model: a small pixel-space text-to-video WanPipeline trained here on CPU.
+"""The shipped demo model: a small latent text-to-video WanPipeline (its own tiny VAE included) trained here on CPU.
 
 ``DEFAULT_MODEL_DIR`` is the diffusers folder (``WanPipeline.from_pretrained(DEFAULT_MODEL_DIR)``);
 ``DEFAULT_PROFILE`` its SenCache sensitivity profile, measured with ``sencache calibrate``.

@@ -1,10 +1,9 @@
-"""Build the demo model's components from plain configs: tokenizer, text encoder, transformer, scheduler.
+"""Build the demo model's components from plain configs: tokenizer, text encoder, VAE, transformer, scheduler.
 
-The demo model works in pixel space: the "latent" a WanPipeline denoises is the RGB video itself,
-scaled to [-1, 1], laid out (B, 3, F, H, W). There is no VAE (``vae=None``); callers ask the pipeline
-for ``output_type="latent"`` and convert with :func:`latents_to_frames`. Without a VAE, WanPipeline
-assumes spatial factor 8 and temporal factor 4, so a (F, H, W) pixel video is requested as
-``height=8*H, width=8*W, num_frames=4*(F-1)+1`` — :func:`pipeline_size_kwargs` does that arithmetic.
+The demo model is an ordinary latent video WanPipeline, only tiny: a 9x32x32 RGB clip is encoded by a
+small ``AutoencoderKLWan`` (trained by :mod:`.train_vae`) into an 8-channel 5x8x8 latent, which a
+``WanTransformer3DModel`` with 1x1x1 patches denoises (320 tokens). ``WanPipeline.from_pretrained`` on the
+saved folder and ``pipe(prompt, num_frames=9, height=32, width=32)`` return RGB frames, as for Wan 2.1.
 """
 
 from __future__ import annotations
@@ -15,15 +14,15 @@ TEXT_LEN = 32  # max_sequence_length the model was trained with; pass it to WanP
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 4, 4),
+    patch_size=(1, 1, 1),
     num_attention_heads=4,
     attention_head_dim=32,
-    in_channels=3,
-    out_channels=3,
+    in_channels=8,
+    out_channels=8,
     text_dim=64,
     freq_dim=64,
-    ffn_dim=256,
-    num_layers=6,
+    ffn_dim=512,
+    num_layers=8,
     cross_attn_norm=True,
     qk_norm="rms_norm_across_heads",
     eps=1e-6,
@@ -43,6 +42,22 @@ TEXT_ENCODER_CONFIG = dict(
     pad_token_id=0,
     eos_token_id=1,
     decoder_start_token_id=0,
+)
+
+#: A tiny Wan video VAE: 9x32x32 RGB <-> 8x5x8x8 latent (time /2 after the first frame, space /4).
+#: latents_mean / latents_std are placeholders until train_vae measures them.
+VAE_CONFIG = dict(
+    base_dim=16,
+    z_dim=8,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True],
+    dropout=0.0,
+    scale_factor_temporal=2,
+    scale_factor_spatial=4,
+    latents_mean=[0.0] * 8,
+    latents_std=[1.0] * 8,
 )
 
 SCHEDULER_CONFIG = dict(
@@ -83,14 +98,21 @@ def build_transformer(seed: int = 0, **overrides):
     return WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
 
 
+def build_vae(seed: int = 0):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**VAE_CONFIG)
+
+
 def build_scheduler():
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(**SCHEDULER_CONFIG)
 
 
-def build_pipeline(words: list[str], seed: int = 0, **transformer_overrides):
-    """A complete, untrained demo WanPipeline (pixel space, vae=None)."""
+def build_pipeline(words: list[str], seed: int = 0, vae=None, **transformer_overrides):
+    """A complete demo WanPipeline with an untrained transformer and text encoder (and VAE, unless given)."""
     from diffusers import WanPipeline
 
     tokenizer = build_tokenizer(words)
@@ -98,9 +120,20 @@ def build_pipeline(words: list[str], seed: int = 0, **transformer_overrides):
         tokenizer=tokenizer,
         text_encoder=build_text_encoder(len(tokenizer), seed=seed),
         transformer=build_transformer(seed=seed, **transformer_overrides),
-        vae=None,
+        vae=vae if vae is not None else build_vae(seed=seed),
         scheduler=build_scheduler(),
     )
+
+
+def is_demo_pipeline(pipe) -> bool:
+    """A WanPipeline whose VAE has the demo model's architecture (its trained sizes are the defaults)."""
+    vae = getattr(pipe, "vae", None)
+    if type(pipe).__name__ != "WanPipeline" or type(vae).__name__ != "AutoencoderKLWan":
+        return False
+    keys = ("base_dim", "z_dim", "dim_mult", "temperal_downsample", "scale_factor_spatial", "scale_factor_temporal")
+    # JSON turns lists into lists and tuples into lists: compare as lists
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return all(as_list(vae.config.get(k)) == as_list(VAE_CONFIG[k]) for k in keys)
 
 
 def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int = TEXT_LEN) -> torch.Tensor:
@@ -114,18 +147,32 @@ def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int = TEX
     return hidden * keep  # positions past the real length become exact zeros, as in the pipeline
 
 
-def frames_to_latents(frames) -> torch.Tensor:
+def frames_to_pixels(frames) -> torch.Tensor:
     """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [-1, 1]."""
     x = torch.as_tensor(frames).float().div(127.5).sub(1.0)
     return x.permute(0, 4, 1, 2, 3).contiguous()
 
 
-def latents_to_frames(latents: torch.Tensor):
-    """float (B, 3, F, H, W) in about [-1, 1] -> numpy float32 (B, F, H, W, 3) in [0, 1]."""
-    x = latents.detach().float().add(1.0).div(2.0).clamp(0.0, 1.0)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+@torch.no_grad()
+def encode_clips(vae, frames) -> torch.Tensor:
+    """uint8 (B, F, H, W, 3) -> the normalised latent the transformer denoises (posterior mean, as WanPipeline
+    undoes it: ``(z - latents_mean) / latents_std``)."""
+    z = vae.encode(frames_to_pixels(frames)).latent_dist.mean
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    return (z - mean) / std
 
 
 def pipeline_size_kwargs(frames: int, height: int, width: int) -> dict:
-    """WanPipeline size arguments that give a (frames, height, width) pixel-space latent with vae=None."""
-    return dict(height=8 * height, width=8 * width, num_frames=4 * (frames - 1) + 1)
+    """WanPipeline size arguments for a (frames, height, width) demo clip, checked against what the VAE can do.
+
+    AutoencoderKLWan encodes the first frame alone and then chunks of 4 frames (whatever its temporal factor),
+    so only 1 + 4k frames survive an encode/decode round trip: 5, 9, 13, ...
+    """
+    from ..errors import SenCacheError
+
+    if frames < 1 or (frames - 1) % 4:
+        raise SenCacheError(f"the demo model's VAE needs 1 + 4k frames (5, 9, 13, ...), got {frames}")
+    if height % 16 or width % 16 or height <= 0 or width <= 0:
+        raise SenCacheError(f"WanPipeline needs height and width in positive multiples of 16, got {height}x{width}")
+    return dict(height=height, width=width, num_frames=frames)

@@ -36,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-FRAMES = 8
+FRAMES = 9
 SIZE = 32
 
 # Saturated, mutually distant palette.  Backgrounds are kept dark and gray

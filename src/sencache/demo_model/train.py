@@ -1,6 +1,9 @@
 """Train the demo text-to-video model with rectified flow (the objective Wan uses), on CPU.
 
-    python -m sencache.demo_model.train --out runs/demo --minutes 80
+    python -m sencache.demo_model.train --vae runs/vae/vae --out runs/demo --minutes 80
+
+The VAE (trained first by :mod:`.train_vae`) stays frozen: clips are encoded to its latent space and the
+transformer and text encoder learn to denoise there; the exported pipeline contains the VAE.
 
 Deterministic given ``--seed``: the batch and the noise of step k come from generators seeded with
 (seed, k), so a run resumed from a checkpoint continues exactly where it stopped. Logs the loss to
@@ -15,8 +18,6 @@ import copy
 import csv
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
-from .build import TEXT_LEN, build_pipeline, encode_text, frames_to_latents
+from .interruptible import save_atomic, sigterm_as_keyboard_interrupt
+from .build import build_pipeline, encode_clips, encode_text
 
 CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance has an unconditional model
 SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
@@ -41,7 +43,7 @@ def make_batch(step: int, seed: int, batch_size: int):
 
 
 def flow_matching_loss(pipe, frames, captions, generator: torch.Generator) -> torch.Tensor:
-    x0 = frames_to_latents(frames)
+    x0 = encode_clips(pipe.vae, frames)
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator)
     u = torch.rand(b, generator=generator)
@@ -70,10 +72,6 @@ def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
     export.save_pretrained(out_dir, safe_serialization=True)
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -81,7 +79,10 @@ def train(args) -> Path:
     # JSON has no tuples; diffusers configs (patch_size) use them
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in json.loads(args.transformer_overrides or "{}").items()}
-    pipe = build_pipeline(data.vocabulary(), seed=args.seed, **overrides)
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(args.vae).eval().requires_grad_(False)
+    pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, **overrides)
     modules = trainable_modules(pipe)
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -107,46 +108,42 @@ def train(args) -> Path:
         log.writerow(["step", "loss", "lr", "elapsed_s"])
 
     def checkpoint(step: int) -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
-        os.replace(tmp, ckpt_path)  # atomic: an interrupted save never corrupts the last checkpoint
+        state = {"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}
+        save_atomic(state, ckpt_path)
 
-    # `kill` (SIGTERM) stops like Ctrl-C: checkpoint and export. Background jobs of a non-interactive shell
-    # ignore SIGINT, so SIGTERM is the signal that reaches them.
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     deadline = time.time() + args.minutes * 60 if args.minutes else math.inf
     t0 = time.time()
     step = start
     bar = tqdm(total=args.steps, initial=start, desc="train", dynamic_ncols=True)
-    try:
-        while step < args.steps and time.time() < deadline:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-            frames, captions = make_batch(step, args.seed, args.batch_size)
-            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-            loss = flow_matching_loss(pipe, frames, captions, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-            opt.step()
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), modules.parameters()):
-                    e.lerp_(p, 1 - decay)
-            step += 1
-            log.writerow([step, f"{loss.item():.6f}", f"{opt.param_groups[0]['lr']:.3e}", f"{time.time() - t0:.1f}"])
-            log_file.flush()  # the curve on disk is always current (cheap: one line per step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % args.save_every == 0:
-                checkpoint(step)
-    except KeyboardInterrupt:
-        print("interrupted: saving checkpoint and pipeline")
-    finally:
-        bar.close()
-        log_file.close()
-        checkpoint(step)
-        signal.signal(signal.SIGTERM, previous_handler)
+    with sigterm_as_keyboard_interrupt():
+        try:
+            while step < min(args.steps, args.stop_at or args.steps) and time.time() < deadline:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+                frames, captions = make_batch(step, args.seed, args.batch_size)
+                gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+                loss = flow_matching_loss(pipe, frames, captions, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+                opt.step()
+                decay = min(args.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for e, p in zip(ema.parameters(), modules.parameters()):
+                        e.lerp_(p, 1 - decay)
+                step += 1
+                log.writerow([step, f"{loss.item():.6f}", f"{opt.param_groups[0]['lr']:.3e}", f"{time.time() - t0:.1f}"])
+                log_file.flush()  # the curve on disk is always current (cheap: one line per step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if step % args.save_every == 0:
+                    checkpoint(step)
+        except KeyboardInterrupt:
+            print("interrupted: saving checkpoint and pipeline")
+        finally:
+            bar.close()
+            log_file.close()
+            checkpoint(step)
     save_pipeline(pipe, ema, out / "pipeline")
     print(f"trained to step {step}; pipeline saved to {out / 'pipeline'}")
     return out / "pipeline"
@@ -154,6 +151,7 @@ def train(args) -> Path:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae", required=True, help="trained VAE folder (python -m sencache.demo_model.train_vae)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the LR schedule)")
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
@@ -167,6 +165,8 @@ def parse_args(argv=None):
     p.add_argument("--transformer-overrides", default=None, metavar="JSON",
                    help='transformer config entries to change (default: build.TRANSFORMER_CONFIG), '
                         'e.g. \'{"num_layers": 4, "patch_size": [2, 4, 4]}\'')
+    p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
+                   help="stop after this step, keeping the LR schedule of --steps (resume later to go on)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)

@@ -1,0 +1,31 @@
+"""What both training scripts share so that a stopped run loses nothing: atomic checkpoints, and SIGTERM
+handled like Ctrl-C (background jobs of a non-interactive shell ignore SIGINT, so `kill` is how they are stopped)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """``torch.save`` through a temporary file: an interrupted save never corrupts the last checkpoint."""
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt():
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
