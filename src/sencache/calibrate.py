@@ -265,30 +265,21 @@ def resize_video(frames: np.ndarray, num_frames: int, height: int, width: int) -
 # --------------------------------------------------------------------------------------------
 def model_defaults(pipe) -> dict:
     """Model-specific pipeline defaults for calibration (the one place that knows the demo model)."""
-    if _is_demo(pipe):
-        from .demo_model.build import TEXT_LEN, pipeline_size_kwargs
-        from .demo_model.data import FRAMES, SIZE
+    from .demo_model.build import demo_call_kwargs, is_demo_pipeline
 
-        return {"max_sequence_length": TEXT_LEN, **pipeline_size_kwargs(FRAMES, SIZE, SIZE)}
-    return {}
+    return demo_call_kwargs() if is_demo_pipeline(pipe) else {}
 
 
 def size_kwargs(pipe, frames: int | None = None, height: int | None = None, width: int | None = None) -> dict:
     """Pipeline size arguments for a (frames, height, width) output video; None keeps the default."""
-    if _is_demo(pipe):
-        from .demo_model.build import pipeline_size_kwargs
-        from .demo_model.data import FRAMES, SIZE
+    from .demo_model.build import demo_call_kwargs, is_demo_pipeline, pipeline_size_kwargs
 
-        f, h, w = (v if v is not None else d for v, d in zip((frames, height, width), (FRAMES, SIZE, SIZE)))
-        return pipeline_size_kwargs(f, h, w)
+    if is_demo_pipeline(pipe):
+        trained = demo_call_kwargs()
+        given = zip((frames, height, width), (trained["num_frames"], trained["height"], trained["width"]))
+        return pipeline_size_kwargs(*(v if v is not None else d for v, d in given))
     given = {"num_frames": frames, "height": height, "width": width}
     return {k: v for k, v in given.items() if v is not None}
-
-
-def _is_demo(pipe) -> bool:
-    from .demo_model.build import is_demo_pipeline
-
-    return is_demo_pipeline(pipe)
 
 
 def _is_wan(pipe) -> bool:

@@ -15,13 +15,9 @@ import torch
 
 def default_call_kwargs(pipe) -> dict:
     """Size and text-length defaults the model was trained for (only the demo model needs them)."""
-    from .demo_model.build import TEXT_LEN, is_demo_pipeline, pipeline_size_kwargs
+    from .demo_model.build import demo_call_kwargs, is_demo_pipeline
 
-    if is_demo_pipeline(pipe):
-        from .demo_model.data import FRAMES, SIZE
-
-        return dict(max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(FRAMES, SIZE, SIZE))
-    return {}
+    return demo_call_kwargs() if is_demo_pipeline(pipe) else {}
 
 
 @dataclass

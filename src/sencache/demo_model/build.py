@@ -176,3 +176,10 @@ def pipeline_size_kwargs(frames: int, height: int, width: int) -> dict:
     if height % 16 or width % 16 or height <= 0 or width <= 0:
         raise SenCacheError(f"WanPipeline needs height and width in positive multiples of 16, got {height}x{width}")
     return dict(height=height, width=width, num_frames=frames)
+
+
+def demo_call_kwargs() -> dict:
+    """The size and text length the demo model was trained for, as WanPipeline call arguments."""
+    from .data import FRAMES, SIZE
+
+    return dict(max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(FRAMES, SIZE, SIZE))
