@@ -176,6 +176,20 @@ def test_judge_rejects_lies(samples, kind):
     assert caught_all / N_LIES >= 0.9, (kind, caught_all)
 
 
+def test_judge_splits_accuracy_by_object_size(samples):
+    """Captions that lie about the shape of every small object: small objects score 0, large ones stay right."""
+    pairs = []
+    for s in samples[:60]:
+        objs = [replace(o, shape=D.SHAPES[(D.SHAPES.index(o.shape) + 1) % 3]) if o.size == "small" else o
+                for o in s.objects]
+        pairs.append((s.frames, D.caption_for(objs, s.background)))
+    res = judge_many(pairs)
+    small, large = res["by_size"]["small"], res["by_size"]["large"]
+    assert small["n"] + large["n"] == res["n_objects"] and small["n"] > 10 and large["n"] > 10
+    assert small["shape"] <= 0.1 and large["shape"] >= 0.95
+    assert small["colour"] >= 0.95  # only the shape lied
+
+
 def test_judge_missing_object_is_false():
     rng = np.random.default_rng(0)
     frames = D.render([], "plain", rng)  # background only

@@ -69,6 +69,19 @@ def test_vae_training_is_deterministic_resumable_and_records_the_latent_statisti
     assert config["latents_std"] != [1.0] * 8 and all(s > 0 for s in config["latents_std"])  # measured, not placeholders
 
 
+def test_vae_overrides_and_latent_noise_reach_the_model_and_the_loss(tmp_path):
+    def run_vae(folder, *extra):
+        train_vae.train(train_vae.parse_args(["--out", str(folder), "--steps", "1", "--batch-size", "1",
+                                              "--threads", "1", *extra]))
+        return losses(folder, "vae_loss.csv")
+
+    default = run_vae(tmp_path / "a")
+    assert run_vae(tmp_path / "b", "--latent-noise", "0") != default  # the noise is part of the loss
+    run_vae(tmp_path / "c", "--vae-overrides", '{"dim_mult": [1, 2], "temperal_downsample": [true], '
+                                                '"scale_factor_spatial": 2}')
+    config = json.loads((tmp_path / "c" / "vae" / "config.json").read_text())
+    assert config["dim_mult"] == [1, 2] and config["scale_factor_spatial"] == 2
+
 
 def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path, vae_dir):
     """A `kill`ed background run loses nothing: it saves its checkpoint and exports the pipeline."""

@@ -36,6 +36,8 @@ def run(args) -> int:
     print(f"{scores['n_videos']} clips ({len(prompts)} prompts x {len(seeds)} seeds), {scores['n_objects']} objects")
     for attribute in (*CORE_ATTRIBUTES, "all"):
         print(f"  {attribute:9s} {100 * scores[attribute]:5.1f} %")
+    for size, s in scores["by_size"].items():
+        print(f"  {size} objects ({s['n']}): " + ", ".join(f"{a} {100 * s[a]:.1f} %" for a in CORE_ATTRIBUTES))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"scores": scores, "clips": per_clip, "steps": args.steps,
@@ -68,7 +70,7 @@ def _report_word_effect(pipe, args) -> int:
 def add_cli(sub) -> None:
     p = sub.add_parser("judge", help="score how well the demo model follows captions (colour, shape, direction)")
     p.add_argument("--model", default=None, help="pipeline folder (default: the shipped demo model)")
-    p.add_argument("--prompts", type=int, default=16, help="number of prompts drawn from the data distribution")
+    p.add_argument("--prompts", type=int, default=32, help="number of prompts drawn from the data distribution")
     p.add_argument("--prompt-seed", type=int, default=777, help="seed of the prompt draw")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     p.add_argument("--first-seed", type=int, default=10_000)

@@ -98,11 +98,11 @@ def build_transformer(seed: int = 0, **overrides):
     return WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
 
 
-def build_vae(seed: int = 0):
+def build_vae(seed: int = 0, **overrides):
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
-    return AutoencoderKLWan(**VAE_CONFIG)
+    return AutoencoderKLWan(**{**VAE_CONFIG, **overrides})
 
 
 def build_scheduler():

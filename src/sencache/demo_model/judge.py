@@ -33,7 +33,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import COLORS, FRAMES, SPEED_PX, parse_caption
+from .data import COLORS, FRAMES, SIZES, SPEED_PX, parse_caption
 
 COLOUR_DIST = 110.0  # max RGB distance to the palette colour
 MIN_CHROMA = 60  # max(rgb) - min(rgb) of a pixel counted as coloured
@@ -313,11 +313,14 @@ def judge_many(pairs: Iterable[tuple[np.ndarray, str]]) -> dict:
     Returns accuracies in [0, 1]: ``colour``, ``shape``, ``direction``,
     ``size``, ``speed`` per *object* (every object of every caption counts
     once), ``all`` per *video* (every core attribute of every object right),
-    and ``video_<attr>`` per-video versions of each attribute; plus counts
-    ``n_videos``, ``n_objects`` and ``correct`` (number right per key).
+    and ``video_<attr>`` per-video versions of each attribute; ``by_size``: the
+    per-object accuracies of small and large objects apart (with their count ``n``),
+    since small shapes are the hardest to draw; plus counts ``n_videos``,
+    ``n_objects`` and ``correct`` (number right per key).
     """
     obj_ok = {a: 0 for a in ATTRIBUTES}
     vid_ok = {a: 0 for a in ATTRIBUTES + ("all",)}
+    size_ok = {z: {a: 0 for a in ATTRIBUTES + ("n",)} for z in SIZES}
     n_videos = n_objects = 0
     for frames, caption in pairs:
         r = judge_video(frames, caption)
@@ -326,12 +329,15 @@ def judge_many(pairs: Iterable[tuple[np.ndarray, str]]) -> dict:
             vid_ok[a] += bool(r[a])
         for o in r["objects"]:
             n_objects += 1
+            size_ok[o["expected"].size]["n"] += 1
             for a in ATTRIBUTES:
                 obj_ok[a] += bool(o[a])
+                size_ok[o["expected"].size][a] += bool(o[a])
     out: dict = {a: obj_ok[a] / max(n_objects, 1) for a in ATTRIBUTES}
     out["all"] = vid_ok["all"] / max(n_videos, 1)
     for a in ATTRIBUTES:
         out[f"video_{a}"] = vid_ok[a] / max(n_videos, 1)
+    out["by_size"] = {z: {**{a: c[a] / max(c["n"], 1) for a in ATTRIBUTES}, "n": c["n"]} for z, c in size_ok.items()}
     out["n_videos"] = n_videos
     out["n_objects"] = n_objects
     out["correct"] = {**obj_ok, "all": vid_ok["all"]}

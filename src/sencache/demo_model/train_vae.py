@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import time
 from pathlib import Path
@@ -45,9 +46,10 @@ def make_clips(step: int, seed: int, batch_size: int) -> torch.Tensor:
     return frames_to_pixels(np.stack([data.make_sample(rng).frames for _ in range(batch_size)]))
 
 
-def vae_loss(vae, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+def vae_loss(vae, x: torch.Tensor, generator: torch.Generator,
+             latent_noise: float = LATENT_NOISE) -> tuple[torch.Tensor, float]:
     mean = vae.encode(x).latent_dist.mean
-    y = vae.decode(mean + LATENT_NOISE * torch.randn(mean.shape, generator=generator)).sample
+    y = vae.decode(mean + latent_noise * torch.randn(mean.shape, generator=generator)).sample
     weight = 1.0 + (OBJECT_WEIGHT - 1.0) * ((x.amax(1, keepdim=True) - x.amin(1, keepdim=True)) > OBJECT_CHROMA)
     rec = (weight * ((y - x).abs() + (y - x) ** 2)).mean() / weight.mean()
     return rec + SIZE_WEIGHT * (mean ** 2).mean(), rec.item()
@@ -73,7 +75,7 @@ def train(args) -> Path:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     else:
-        vae = build_vae(seed=args.seed)
+        vae = build_vae(seed=args.seed, **json.loads(args.vae_overrides or "{}"))
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     ckpt_path = out / "vae_checkpoint.pt"
     start = 0
@@ -101,7 +103,7 @@ def train(args) -> Path:
                 for group in opt.param_groups:  # warm-up, then cosine down to 10 %
                     group["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-                loss, rec = vae_loss(vae, make_clips(step, args.seed, args.batch_size), gen)
+                loss, rec = vae_loss(vae, make_clips(step, args.seed, args.batch_size), gen, args.latent_noise)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -142,6 +144,11 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
                    help="stop after this step, keeping the LR schedule of --steps (resume later to go on)")
+    p.add_argument("--latent-noise", type=float, default=LATENT_NOISE,
+                   help="std of the Gaussian noise added to the latent while training (robustness vs. sharpness)")
+    p.add_argument("--vae-overrides", default=None, metavar="JSON",
+                   help='VAE config entries to change (default: build.VAE_CONFIG), e.g. '
+                        '\'{"dim_mult": [1, 2], "temperal_downsample": [true], "scale_factor_spatial": 2}\'')
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--decoder-of", default=None, metavar="VAE_DIR",
                    help="fine-tune only the decoder of this trained VAE (encoder and latent statistics frozen)")
