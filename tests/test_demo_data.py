@@ -222,3 +222,17 @@ def test_word_effect_swaps_one_word_and_measures_only_what_the_renderer_uses():
     assert "direction" not in swapped_captions("a large blue square standing still on a striped background")
     with pytest.raises(ValueError, match="one-object"):
         swapped_captions("a small red circle moving left and a large blue square standing still on a plain background")
+
+
+def test_judge_command_writes_scores_split_by_size(tmp_path, capsys):
+    """`sencache judge` on the shipped model: one caption, one seed, a few steps; prints and stores the size split."""
+    import json
+
+    from sencache.cli import main
+
+    out = tmp_path / "judge.json"
+    assert main(["judge", "--prompts", "2", "--seeds", "1", "--steps", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 clips (2 prompts x 1 seeds)" in printed and "objects (" in printed
+    scores = json.loads(out.read_text())["scores"]
+    assert sum(s["n"] for s in scores["by_size"].values()) == scores["n_objects"] > 0
