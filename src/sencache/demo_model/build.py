@@ -142,8 +142,9 @@ def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int = TEX
         captions, padding="max_length", max_length=max_len, truncation=True,
         add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
     )
-    hidden = text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
-    keep = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
+    ids, mask = tokens.input_ids.to(text_encoder.device), tokens.attention_mask.to(text_encoder.device)
+    hidden = text_encoder(ids, mask).last_hidden_state
+    keep = mask.unsqueeze(-1).to(hidden.dtype)
     return hidden * keep  # positions past the real length become exact zeros, as in the pipeline
 
 
@@ -157,9 +158,9 @@ def frames_to_pixels(frames) -> torch.Tensor:
 def encode_clips(vae, frames) -> torch.Tensor:
     """uint8 (B, F, H, W, 3) -> the normalised latent the transformer denoises (posterior mean, as WanPipeline
     undoes it: ``(z - latents_mean) / latents_std``)."""
-    z = vae.encode(frames_to_pixels(frames)).latent_dist.mean
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    z = vae.encode(frames_to_pixels(frames).to(vae.device)).latent_dist.mean
+    mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
     return (z - mean) / std
 
 

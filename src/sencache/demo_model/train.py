@@ -45,8 +45,9 @@ def make_batch(step: int, seed: int, batch_size: int):
 def flow_matching_loss(pipe, frames, captions, generator: torch.Generator) -> torch.Tensor:
     x0 = encode_clips(pipe.vae, frames)
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator)
-    u = torch.rand(b, generator=generator)
+    # drawn on the CPU generator, then moved: the same numbers on every device
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    u = torch.rand(b, generator=generator).to(x0.device)
     sigma = SHIFT * u / (1 + (SHIFT - 1) * u)  # the flow shift applied to a uniform draw
     s = sigma.view(b, 1, 1, 1, 1)
     xt = (1 - s) * x0 + s * noise
@@ -82,14 +83,14 @@ def train(args) -> Path:
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan.from_pretrained(args.vae).eval().requires_grad_(False)
-    pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, **overrides)
+    pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, **overrides).to(args.device)
     modules = trainable_modules(pipe)
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not args.restart:
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=args.device)
         modules.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
@@ -161,6 +162,7 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (random draws stay on the CPU)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--transformer-overrides", default=None, metavar="JSON",
                    help='transformer config entries to change (default: build.TRANSFORMER_CONFIG), '

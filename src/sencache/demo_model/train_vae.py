@@ -49,7 +49,7 @@ def make_clips(step: int, seed: int, batch_size: int) -> torch.Tensor:
 def vae_loss(vae, x: torch.Tensor, generator: torch.Generator,
              latent_noise: float = LATENT_NOISE) -> tuple[torch.Tensor, float]:
     mean = vae.encode(x).latent_dist.mean
-    y = vae.decode(mean + latent_noise * torch.randn(mean.shape, generator=generator)).sample
+    y = vae.decode(mean + latent_noise * torch.randn(mean.shape, generator=generator).to(mean.device)).sample
     weight = 1.0 + (OBJECT_WEIGHT - 1.0) * ((x.amax(1, keepdim=True) - x.amin(1, keepdim=True)) > OBJECT_CHROMA)
     rec = (weight * ((y - x).abs() + (y - x) ** 2)).mean() / weight.mean()
     return rec + SIZE_WEIGHT * (mean ** 2).mean(), rec.item()
@@ -58,9 +58,9 @@ def vae_loss(vae, x: torch.Tensor, generator: torch.Generator,
 @torch.no_grad()
 def measure_latent_stats(vae, seed: int, clips: int = 256, batch_size: int = 16) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the posterior means of fresh clips (the normalisation WanPipeline undoes)."""
-    zs = [vae.encode(make_clips(10_000_000 + i, seed, batch_size)).latent_dist.mean
+    zs = [vae.encode(make_clips(10_000_000 + i, seed, batch_size).to(vae.device)).latent_dist.mean
           for i in range(math.ceil(clips / batch_size))]
-    z = torch.cat(zs).transpose(0, 1).flatten(1)
+    z = torch.cat(zs).transpose(0, 1).flatten(1).cpu()
     return z.mean(1).tolist(), z.std(1).tolist()
 
 
@@ -76,11 +76,12 @@ def train(args) -> Path:
         vae.quant_conv.requires_grad_(False)
     else:
         vae = build_vae(seed=args.seed, **json.loads(args.vae_overrides or "{}"))
+    vae.to(args.device)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     ckpt_path = out / "vae_checkpoint.pt"
     start = 0
     if ckpt_path.exists() and not args.restart:
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=args.device)
         vae.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         start = int(ckpt["step"])
@@ -103,7 +104,8 @@ def train(args) -> Path:
                 for group in opt.param_groups:  # warm-up, then cosine down to 10 %
                     group["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-                loss, rec = vae_loss(vae, make_clips(step, args.seed, args.batch_size), gen, args.latent_noise)
+                clips = make_clips(step, args.seed, args.batch_size).to(args.device)
+                loss, rec = vae_loss(vae, clips, gen, args.latent_noise)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -141,6 +143,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (random draws stay on the CPU)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
                    help="stop after this step, keeping the LR schedule of --steps (resume later to go on)")
