@@ -35,6 +35,21 @@ def test_demo_pipeline_is_recognised_by_its_vae(tmp_path):
     assert not is_demo_pipeline(tiny_cogvideox())
 
 
+def test_demo_family_with_an_experimental_vae_still_gets_demo_sized_clips():
+    """A pipeline over the demo captions' words with a space /2 VAE (as `train_vae --vae-overrides` makes) is still
+    a demo pipeline, so generate() makes 9x32x32 clips instead of Wan's 81x480x832."""
+    from sencache.demo_model.build import build_pipeline
+    from sencache.generation import generate
+
+    vae = build_vae(dim_mult=[1, 2], temperal_downsample=[True], scale_factor_spatial=2)
+    pipe = build_pipeline(data.vocabulary(), vae=vae, num_layers=1)
+    assert is_demo_pipeline(pipe)
+    frames = generate(pipe, "a small red circle moving left on a plain background", seed=0, num_inference_steps=2).frames
+    assert frames.shape == (9, 32, 32, 3)
+    other_words = build_pipeline(data.vocabulary()[:-1], vae=vae, num_layers=1)
+    assert not is_demo_pipeline(other_words)  # neither the demo VAE nor the demo words: Wan's own defaults apply
+
+
 def test_encoded_clips_are_normalised_the_way_wanpipeline_undoes_it():
     vae = build_vae(seed=0).eval()
     mean, std = [0.1 * i for i in range(8)], [0.5 + 0.1 * i for i in range(8)]

@@ -126,14 +126,27 @@ def build_pipeline(words: list[str], seed: int = 0, vae=None, **transformer_over
 
 
 def is_demo_pipeline(pipe) -> bool:
-    """A WanPipeline whose VAE has the demo model's architecture (its trained sizes are the defaults)."""
+    """A WanPipeline of the demo family (its trained sizes are the defaults): its VAE has the demo model's
+    architecture, or its tokenizer knows exactly the demo captions' words (an experimental VAE, trained with
+    ``train_vae --vae-overrides``, still wants demo-sized clips)."""
     vae = getattr(pipe, "vae", None)
     if type(pipe).__name__ != "WanPipeline" or type(vae).__name__ != "AutoencoderKLWan":
         return False
+    if _knows_only_demo_words(getattr(pipe, "tokenizer", None)):
+        return True
     keys = ("base_dim", "z_dim", "dim_mult", "temperal_downsample", "scale_factor_spatial", "scale_factor_temporal")
     # JSON turns lists into lists and tuples into lists: compare as lists
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     return all(as_list(vae.config.get(k)) == as_list(VAE_CONFIG[k]) for k in keys)
+
+
+def _knows_only_demo_words(tokenizer) -> bool:
+    from .data import vocabulary
+
+    words = vocabulary()
+    if tokenizer is None or len(tokenizer) != len(words) + 3:  # cheap refusal of real tokenizers (256k entries)
+        return False
+    return set(tokenizer.get_vocab()) == {PAD, EOS, UNK, *words}
 
 
 def encode_text(tokenizer, text_encoder, captions: list[str], max_len: int = TEXT_LEN) -> torch.Tensor:
