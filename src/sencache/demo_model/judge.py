@@ -318,21 +318,21 @@ def judge_many(pairs: Iterable[tuple[np.ndarray, str]]) -> dict:
     since small shapes are the hardest to draw; plus counts ``n_videos``,
     ``n_objects`` and ``correct`` (number right per key).
     """
-    obj_ok = {a: 0 for a in ATTRIBUTES}
     vid_ok = {a: 0 for a in ATTRIBUTES + ("all",)}
     size_ok = {z: {a: 0 for a in ATTRIBUTES + ("n",)} for z in SIZES}
-    n_videos = n_objects = 0
+    n_videos = 0
     for frames, caption in pairs:
         r = judge_video(frames, caption)
         n_videos += 1
         for a in vid_ok:
             vid_ok[a] += bool(r[a])
         for o in r["objects"]:
-            n_objects += 1
             size_ok[o["expected"].size]["n"] += 1
             for a in ATTRIBUTES:
-                obj_ok[a] += bool(o[a])
                 size_ok[o["expected"].size][a] += bool(o[a])
+    # totals over all objects are the sums of the per-size counts
+    obj_ok = {a: sum(c[a] for c in size_ok.values()) for a in ATTRIBUTES}
+    n_objects = sum(c["n"] for c in size_ok.values())
     out: dict = {a: obj_ok[a] / max(n_objects, 1) for a in ATTRIBUTES}
     out["all"] = vid_ok["all"] / max(n_videos, 1)
     for a in ATTRIBUTES:
