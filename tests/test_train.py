@@ -120,3 +120,23 @@ def test_decoder_fine_tune_keeps_the_encoder_and_the_latent_statistics(tmp_path,
     assert any(not torch.equal(p, after.state_dict()[n]) for n, p in before.state_dict().items()
                if n.startswith("decoder."))
     assert after.config.latents_std == before.config.latents_std
+
+
+def test_init_from_starts_a_second_stage_from_a_saved_pipeline_and_refuses_another_architecture(tmp_path, vae_dir):
+    from safetensors.torch import load_file
+
+    from sencache.errors import SenCacheError
+
+    def weights(pipeline):
+        return load_file(pipeline / "transformer" / "diffusion_pytorch_model.safetensors")
+
+    first = run(tmp_path / "first", 2, vae_dir, extra=("--seed", "3"))
+    # at lr 0 nothing moves, so the second stage's exported EMA weights are exactly the first stage's
+    second = run(tmp_path / "second", 1, vae_dir, extra=("--init-from", str(first), "--lr", "0"))
+    fresh = run(tmp_path / "fresh", 1, vae_dir, extra=("--lr", "0"))
+    a, b, c = weights(first), weights(second), weights(fresh)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(SenCacheError, match="architecture"):
+        run(tmp_path / "other", 1, vae_dir, extra=("--init-from", str(first), "--transformer-overrides",
+                                                   '{"num_layers": 2}'))

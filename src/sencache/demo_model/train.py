@@ -60,6 +60,30 @@ def trainable_modules(pipe):
     return torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
 
 
+def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str) -> None:
+    """Start from the transformer and text encoder of a saved demo pipeline (a second training stage goes on
+    from the first one's EMA weights). Their configs must be the ones this run builds."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    from ..errors import SenCacheError
+
+    loaded = {
+        "transformer": WanTransformer3DModel.from_pretrained(folder, subfolder="transformer"),
+        "text_encoder": UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder"),
+    }
+    for name, source in loaded.items():
+        target = modules[name]
+        shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+        theirs, ours = shapes(source), shapes(target)
+        if theirs != ours:
+            differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise SenCacheError(f"--init-from {folder}: its {name} does not have this run's architecture "
+                                f"({len(differ)} tensors differ, e.g. {differ[0]}); pass the same "
+                                "--transformer-overrides it was trained with")
+        target.load_state_dict(source.state_dict())
+
+
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     if step < warmup:
         return base_lr * (step + 1) / warmup
@@ -85,6 +109,8 @@ def train(args) -> Path:
     vae = AutoencoderKLWan.from_pretrained(args.vae).eval().requires_grad_(False)
     pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, **overrides).to(args.device)
     modules = trainable_modules(pipe)
+    if args.init_from:
+        init_from_pipeline(modules, args.init_from)
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     start = 0
@@ -169,6 +195,9 @@ def parse_args(argv=None):
                         'e.g. \'{"num_layers": 4, "patch_size": [2, 4, 4]}\'')
     p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
                    help="stop after this step, keeping the LR schedule of --steps (resume later to go on)")
+    p.add_argument("--init-from", default=None, metavar="PIPELINE",
+                   help="start the transformer and text encoder (and their EMA) from a saved demo pipeline "
+                        "instead of random weights, e.g. the shipped model for a second training stage")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)
