@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Re-measure every README number that belongs to the shipped demo model, after scripts/ship_demo_model.sh
+# replaced it: the demo's thresholds and table, the judge, the word effect, the samples GIF, the NFE spread,
+# the method comparison, the audit and the benchmarks. About 45 minutes on 2 cores; run it alone.
+#   bash scripts/regenerate_docs.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=src/sencache/demo_model/weights
+S=.venv/bin/sencache
+# the comparison includes cache-dit's DBCache, an optional dependency: fail now, not 10 minutes in
+.venv/bin/python -c "import cache_dit" 2>/dev/null || {
+  echo "the comparison needs cache-dit: .venv/bin/pip install --no-deps cache-dit" >&2; exit 1; }
+rm -f "$W/baselines.json"  # the thresholds belong to the old model: the demo searches them again and stores them
+$S demo --out docs/demo
+$S judge --seeds 2 --out docs/judge.json
+$S judge --word-effect "a large red circle moving left on a plain background" --seeds 2 --steps 30 \
+  --out docs/word_effect.json
+.venv/bin/python scripts/demo_samples_gif.py --out docs/samples.gif
+rm -rf runs/spread
+$S generate --prompts docs/spread_prompts.txt --seeds 0 --out runs/spread
+cp runs/spread/generate.json docs/spread_generate.json
+$S compare --prompts docs/eval_prompts.txt --seeds 0 1 --methods sencache magcache magcache-final \
+  teacache fixed fixed-final fbcache seacache taylorseer dbcache --nfe-targets 25 --out docs/compare
+$S audit --ablations --schedules --compare-correction --out docs/audit
+bash benchmarks/run_all.sh
