@@ -13,6 +13,7 @@ sets (``RANK``, ``WORLD_SIZE``), so a launcher can ask them early.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Iterable, TypeVar
 
@@ -79,7 +80,20 @@ def init_if_needed() -> bool:
         if name == "nccl":
             torch.cuda.set_device(default_device())
         _dist.init_process_group(backend=name)
+        atexit.register(_leave_process_group)
     return world_size() > 1
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left alive, gloo's threads can abort a rank
+    at exit ("terminate called without an active exception"), failing a run whose work was done. No barrier
+    here: a rank that exits on an error must not wait for peers still inside a collective."""
+    if not _initialized():
+        return
+    try:
+        _dist.destroy_process_group()
+    except Exception:  # a peer that already died must not turn a clean exit into a traceback
+        pass
 
 
 def shard(items: Iterable[T]) -> list[tuple[int, T]]:
