@@ -10,22 +10,19 @@ import torch
 
 import sencache
 from sencache.demo_model import DEFAULT_PROFILE, load_pipeline
+from sencache.generation import generate
 from sencache.metrics import psnr
 
-CALL = dict(num_inference_steps=50, guidance_scale=5.0, max_sequence_length=32, output_type="np",
-            height=32, width=32, num_frames=9)
 SCHEDULES = {"constant": None, "power2": "power2"}
 
 
-def generate_clip(pipe, prompt, seed, config):
-    """(frames, NFE) of one generation; uncached when ``config`` is None."""
-    cache = sencache.enable(pipe, config) if config is not None else None
+def cached_clip(pipe, prompt, seed, config):
+    """(frames, NFE) of one SenCache generation at the demo settings (50 steps, CFG 5)."""
+    cache = sencache.enable(pipe, config)
     try:
-        frames = pipe(prompt, generator=torch.Generator().manual_seed(seed), **CALL).frames[0]
-        return frames, cache.trace.summary()["nfe"] if cache else CALL["num_inference_steps"]
+        return generate(pipe, prompt, seed).frames, cache.trace.summary()["nfe"]
     finally:
-        if cache:
-            sencache.disable(pipe)
+        sencache.disable(pipe)
 
 
 def main():
@@ -36,10 +33,10 @@ def main():
     results = {name: [] for name in SCHEDULES}
     for prompt in prompts:
         for seed in (0, 1):
-            reference, _ = generate_clip(pipe, prompt, seed, None)
+            reference = generate(pipe, prompt, seed).frames
             for name, schedule in SCHEDULES.items():
                 config = sencache.SenCacheConfig(profile, target_nfe=25, eps_schedule=schedule)
-                frames, nfe = generate_clip(pipe, prompt, seed, config)
+                frames, nfe = cached_clip(pipe, prompt, seed, config)
                 results[name].append((nfe, psnr(reference, frames)))
     for name, rows in results.items():
         a = np.array(rows)

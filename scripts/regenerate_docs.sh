@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure every README number that belongs to the shipped demo model, after scripts/ship_demo_model.sh
 # replaced it: the demo's thresholds and table, the judge, the word effect, the samples GIF, the NFE spread,
-# the method comparison, the audit and the benchmarks. About 45 minutes on 2 cores; run it alone.
+# the method comparison, the audit and the benchmarks. About 35 minutes on 2 cores; run it alone.
 #   bash scripts/regenerate_docs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
