@@ -13,7 +13,7 @@ from sencache.demo_model import DEFAULT_PROFILE, load_pipeline
 from sencache.generation import generate
 from sencache.metrics import psnr
 
-SCHEDULES = {"constant": None, "power2": "power2"}
+SCHEDULES = {"constant": "constant", "power2": "power2"}
 
 
 def cached_clip(pipe, prompt, seed, config):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure every README number that belongs to the shipped demo model, after scripts/ship_demo_model.sh
 # replaced it: the demo's thresholds and table, the judge, the word effect, the samples GIF, the NFE spread,
-# the method comparison, the audit and the benchmarks. About 35 minutes on 2 cores; run it alone.
+# the method comparison, the audit, the benchmarks and the README's quick-start output. About 35 minutes on 2 cores; run it alone.
 #   bash scripts/regenerate_docs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +23,7 @@ $S compare --prompts docs/eval_prompts.txt --seeds 0 1 --methods sencache magcac
   teacache fixed fixed-final fbcache seacache taylorseer dbcache --nfe-targets 25 --out docs/compare
 $S audit --ablations --schedules --compare-correction --out docs/audit
 bash benchmarks/run_all.sh
+# the README's first python block, run as written; paste its output under "Output (shipped model, this machine)"
+mkdir -p runs
+awk '/^```python$/{f=1; next} /^```$/{if (f) exit} f' README.md > runs/readme_quickstart.py
+(cd runs && ../.venv/bin/python readme_quickstart.py) | tee runs/readme_quickstart.txt

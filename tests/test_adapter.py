@@ -116,7 +116,8 @@ def test_score_crossing_eps_decides_at_the_known_step():
     # S after a refresh at step 0 is jt*|t_k - t_0|; put eps between steps 3 and 4.
     eps = jt * (abs(grid[3] - grid[0]) + abs(grid[4] - grid[0])) / 2
     profile = SensitivityProfile([0.0, 1000.0], [0.0, 0.0], [jt, jt], model_class="WanTransformer3DModel")
-    cache = sencache.enable(pipe, SenCacheConfig(profile, eps=eps, eps_start=eps, max_reuse=100, final_steps=0))
+    cache = sencache.enable(pipe, SenCacheConfig(profile, eps=eps, eps_start=eps, max_reuse=100, final_steps=0,
+                                                     eps_schedule="constant"))  # the paper's fixed eps
     run(pipe, {"prompt": "a red circle", **wan_kwargs(steps=steps)})
     computed = cache.trace.computed_steps()
     assert computed[:2] == [0, 4]
@@ -263,14 +264,18 @@ def test_unsupported_model_is_refused():
 
 def test_trace_records_and_saves(tmp_path):
     pipe = tiny_wan()
-    cache = sencache.enable(pipe, SenCacheConfig(flat_profile("WanTransformer3DModel"), eps=0.5, max_reuse=2))
+    config = SenCacheConfig(flat_profile("WanTransformer3DModel"), eps=0.5, max_reuse=2, warmup_fraction=0.3)
+    cache = sencache.enable(pipe, config)
     run(pipe, {"prompt": "a red circle", **wan_kwargs(steps=6)})
     records = cache.trace.records
     assert len(records) == 12  # 6 steps x (cond, uncond), batch 1
     first = records[0]
     assert (first.step, first.branch, first.computed, first.score, first.reason) == (0, "cond", True, None, "first")
     later = [r for r in records if r.step > 0]
-    assert all(r.score is not None and math.isfinite(r.score) and r.eps == 0.5 or r.step < 2 for r in later)
+    assert all(r.score is not None and math.isfinite(r.score) or r.step < 2 for r in later)
+    # each record carries the step's threshold: eps_start in the warm-up, then eps under the power2 schedule
+    assert all(r.eps == pytest.approx(config.eps_at(r.step, 6)) for r in records)
+    assert {round(r.eps, 6) for r in later if r.step >= 2} == {round(0.5 * ((1 + k / 5) / 1.5) ** 2, 6) for k in range(2, 6)}
     assert all(r.reuse_run == 0 for r in records if r.computed)
     path = cache.trace.save(tmp_path / "trace.json")
     saved = json.loads(path.read_text())

@@ -166,7 +166,7 @@ def reachable(config, profile, key):
     return _REACHABLE[key]
 
 
-@pytest.mark.parametrize("schedule", [None, "rising", "hump"])
+@pytest.mark.parametrize("schedule", [None, "rising", "hump", "power2"])
 @pytest.mark.parametrize("target", [4, 6.5, 7, 9])
 def test_solver_picks_the_closest_reachable_nfe(target, schedule):
     profile = synthetic_profile(jt=1e-4)
@@ -227,11 +227,30 @@ def test_schedule_shapes_and_the_rule_threshold(profile):
     assert config.eps_at(1, T) == config.eps_start == 0.02  # warm-up keeps eps_start
     assert config.eps_at(8, T) == pytest.approx(0.2 * 1.5)
     assert config.eps_at(4, T) == pytest.approx(0.2 * 1.0)
-    assert SenCacheConfig(profile).eps_at(8, T) == 0.1  # no schedule: unchanged rule
+    # the default is power2: stricter than eps early, looser late; None and "constant" are the paper's fixed eps
+    default = SenCacheConfig(profile, warmup_fraction=0.25)
+    assert default.eps_schedule.name == "power2"
+    assert default.eps_at(3, T) < 0.1 < default.eps_at(8, T) == pytest.approx(0.1 * (2 / 1.5) ** 2)
+    for paper in (None, "constant"):
+        assert [SenCacheConfig(profile, eps_schedule=paper, warmup_fraction=0.25).eps_at(k, T) for k in (3, 8)] == [0.1, 0.1]
     with pytest.raises(SenCacheError, match="unknown eps schedule"):
         SenCacheConfig(profile, eps_schedule="wobbly")
     with pytest.raises(SenCacheError, match="non-decreasing"):
         EpsSchedule.from_knots(((0.5, 1.0), (0.2, 1.0)))
+
+
+def test_recommended_eps_is_solved_again_for_a_profile_of_another_schedule(caplog):
+    profile = synthetic_profile(jt=1e-4)
+    target = 7
+    bud.recommend(profile, target, eps_schedule="constant")  # as profiles were written before power2
+    stored = profile.metadata["recommended_eps"]
+    with caplog.at_level(logging.INFO, logger="sencache"):
+        eps = bud.recommended_eps(profile)
+    assert eps != stored and eps == SenCacheConfig(profile, target_nfe=target).eps
+    assert "solved again for power2" in caplog.text
+    bud.recommend(profile, target)  # the default schedule: the stored value is used as it is
+    assert bud.recommended_eps(profile) == profile.metadata["recommended_eps"] == eps
+    assert bud.recommended_eps(SensitivityProfile([0.0, 1000.0], [1.0, 1.0], [0.0, 0.0]), default=0.1) == 0.1
 
 
 def test_compare_schedules_runs_at_equal_simulated_nfe(pipe, profile):

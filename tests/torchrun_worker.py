@@ -53,7 +53,7 @@ def wan_context_parallel(parallel: bool) -> dict:
 
     pipe = tiny_wan(num_layers=2)
     config = SenCacheConfig(flat_profile("WanTransformer3DModel", jx=1.0, jt=0.0), eps=EPS_WAN, eps_start=EPS_WAN,
-                            max_reuse=2, final_steps=1)
+                            max_reuse=2, final_steps=1, eps_schedule="constant")  # thresholds set by hand
     if parallel:
         from diffusers import ContextParallelConfig
 
@@ -141,7 +141,7 @@ def hand_sharded(rank: int, world: int) -> dict:
 
     transformer = tiny_wan(num_layers=1).transformer
     sencache_config = SenCacheConfig(flat_profile("WanTransformer3DModel", jx=1.0, jt=0.0), eps=EPS_SHARDED,
-                                     eps_start=EPS_SHARDED, max_reuse=3, final_steps=1)
+                                     eps_start=EPS_SHARDED, max_reuse=3, final_steps=1, eps_schedule="constant")
     out = {}
     if world == 1:  # the reference: the whole latent in one process
         out["sencache"] = run_bare(transformer, sencache_config, "drift", 0, 1, None)

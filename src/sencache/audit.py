@@ -437,9 +437,11 @@ EPS_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
 def default_ablation_eps(profile, num_inference_steps: int) -> float:
     """The ε the n-ablation holds fixed: the profile's recommended_eps, else budget mode's ε for NFE ≈ T/2
     (at n = 3), else 0.1."""
-    eps = profile.metadata.get("recommended_eps")
-    if isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0:
-        return float(eps)
+    from .budget import recommended_eps
+
+    eps = recommended_eps(profile)
+    if eps is not None:
+        return eps
     try:
         from .budget import solve_eps, trajectories_of
         from .rules.sencache import SenCacheConfig

@@ -328,6 +328,33 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
     return budget
 
 
+def recommended_eps(profile, default: float | None = None) -> float | None:
+    """The profile's ``recommended_eps`` for the default rule, or ``default`` when it has none.
+
+    A profile written before the default ε schedule changed holds an ε solved for another schedule, which
+    would miss its NFE target; when it still holds its calibration trajectories, ε is solved again here for
+    the stored ``target_nfe`` (milliseconds), with a log line saying so."""
+    import logging
+
+    from .rules.sencache import SenCacheConfig
+
+    meta = profile.metadata
+    eps = meta.get("recommended_eps")
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        return default
+    current = SenCacheConfig(profile, eps=float(eps)).eps_schedule
+    current = current.to_dict() if current is not None else None
+    solved_for = (meta.get("budget") or {}).get("eps_schedule", current)
+    target = meta.get("target_nfe")
+    if solved_for == current or not isinstance(target, (int, float)) or "trajectories" not in meta:
+        return float(eps)
+    eps = SenCacheConfig(profile, target_nfe=float(target)).eps
+    logging.getLogger("sencache").info(
+        "the profile's recommended_eps was solved for eps schedule %s; solved again for %s at target NFE %g: eps %.4g",
+        (solved_for or {}).get("name", "constant"), (current or {}).get("name", "constant"), target, eps)
+    return float(eps)
+
+
 # --------------------------------------------------------------------------------------------
 # transfer to held-out prompts
 # --------------------------------------------------------------------------------------------

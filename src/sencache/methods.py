@@ -299,6 +299,7 @@ class MethodSpec:
 
 SENCACHE_MAX_REUSE = 3
 SENCACHE_FINAL_STEPS = 1
+SENCACHE_EPS_SCHEDULE = "power2"  # SenCacheConfig's default, stated so the record says what ran
 MAGCACHE_MAX_SKIP = 2  # the paper's "slow" Wan setting
 MAGCACHE_RETENTION = 0.2
 TEACACHE_ORDER = 1
@@ -310,7 +311,8 @@ def _ours_config(name: str, value, ctx: MethodContext):
 
     T = ctx.num_inference_steps
     if name == "sencache":
-        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS)
+        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
+                              eps_schedule=SENCACHE_EPS_SCHEDULE)
     if name in ("magcache", "magcache-final"):
         return MagCacheConfig(ratios=ctx.baselines.magcache_ratios, threshold=float(value), max_skip=MAGCACHE_MAX_SKIP,
                               retention_ratio=MAGCACHE_RETENTION,
@@ -328,7 +330,7 @@ def _ours_settings(name: str):
         T = ctx.num_inference_steps
         if name == "sencache":
             cfg = {"eps_start": float(value) / 10, "warmup_fraction": 0.2, "max_reuse": SENCACHE_MAX_REUSE,
-                   "final_steps": SENCACHE_FINAL_STEPS}
+                   "final_steps": SENCACHE_FINAL_STEPS, "eps_schedule": SENCACHE_EPS_SCHEDULE}
             if ctx.profile is not None:
                 meta = ctx.profile.metadata
                 cfg["profile"] = {k: meta[k] for k in ("model_class", "config_hash", "num_samples") if k in meta}

@@ -117,7 +117,9 @@ def run_cli(args) -> int:
         if args.target_nfe is not None:
             config = SenCacheConfig(profile, target_nfe=args.target_nfe, **kwargs)
         else:
-            eps = args.eps if args.eps is not None else float(profile.metadata.get("recommended_eps", 0.1))
+            from ..budget import recommended_eps
+
+            eps = args.eps if args.eps is not None else recommended_eps(profile, default=0.1)
             config = SenCacheConfig(profile, eps=eps, **kwargs)
         baselines = None
         if {"magcache", "teacache"} & set(args.methods):

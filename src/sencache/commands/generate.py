@@ -45,7 +45,9 @@ def attach_cache(args, pipe):
             raise SenCacheError(f"no profile at {profile_path}; measure one with `sencache calibrate --out {profile_path}`")
         ctx.profile = SensitivityProfile.load(profile_path)
         if value is None:
-            value = ctx.profile.metadata.get("recommended_eps")
+            from ..budget import recommended_eps
+
+            value = recommended_eps(ctx.profile)
     if "baselines" in spec.needs:
         path = default_baselines_path(profile_path)
         if not path.exists():
