@@ -262,3 +262,4 @@ def test_demo_cli(model_dir, tmp_path, capsys):
         assert tuned["prompts"] == calib[:1]  # thresholds searched on a calibration prompt only
         assert results["methods"][method]["settings"][0]["value"] == tuned["value"]
     assert len(stored["settings"]) == 3  # kept for the next run
+    assert [k for k in stored["settings"] if k.startswith("sencache|")][0].endswith("|schedule=power2")
