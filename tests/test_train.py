@@ -122,6 +122,26 @@ def test_decoder_fine_tune_keeps_the_encoder_and_the_latent_statistics(tmp_path,
     assert after.config.latents_std == before.config.latents_std
 
 
+def test_wider_decoder_reuses_the_encoder_so_latents_are_unchanged(tmp_path, vae_dir):
+    from diffusers import AutoencoderKLWan
+
+    from sencache import SenCacheError
+    from sencache.demo_model.build import encode_clips
+
+    out = train_vae.train(train_vae.parse_args(["--out", str(tmp_path / "wide"), "--steps", "1", "--batch-size", "1",
+                                                "--threads", "1", "--decoder-of", str(vae_dir),
+                                                "--vae-overrides", '{"decoder_base_dim": 24}']))
+    before, after = AutoencoderKLWan.from_pretrained(vae_dir), AutoencoderKLWan.from_pretrained(out)
+    assert after.config.decoder_base_dim == 24 and before.config.decoder_base_dim != 24
+    assert after.decoder.conv_in.out_channels != before.decoder.conv_in.out_channels
+    clips = torch.randint(0, 256, (1, 9, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():  # the latent space a transformer was trained in is the same
+        assert torch.equal(encode_clips(before, clips), encode_clips(after, clips))
+    assert after.config.latents_std == before.config.latents_std
+    with pytest.raises(SenCacheError, match="only \\['decoder_base_dim'\\] may change"):
+        train_vae.load_for_decoder_training(str(vae_dir), {"z_dim": 16}, 0)
+
+
 def test_init_from_starts_a_second_stage_from_a_saved_pipeline_and_refuses_another_architecture(tmp_path, vae_dir):
     from safetensors.torch import load_file
 

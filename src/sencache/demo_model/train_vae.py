@@ -13,7 +13,9 @@ the per-channel latent mean and std are measured on fresh clips and written into
 ``--seed``; resumable from ``OUT/vae_checkpoint.pt``; SIGTERM or Ctrl-C stop with a checkpoint and export.
 
 ``--decoder-of VAE_DIR`` sharpens the decoder of a finished VAE while its encoder (and so the latent space a
-transformer was trained in, and the recorded latent statistics) stays exactly as it was.
+transformer was trained in, and the recorded latent statistics) stays exactly as it was. With
+``--vae-overrides '{"decoder_base_dim": 32}'`` the decoder is replaced by a wider one trained from scratch on the
+same frozen latents, so a transformer trained on the old VAE works with the new one unchanged.
 """
 
 from __future__ import annotations
@@ -64,16 +66,39 @@ def measure_latent_stats(vae, seed: int, clips: int = 256, batch_size: int = 16)
     return z.mean(1).tolist(), z.std(1).tolist()
 
 
+DECODER_ONLY_KEYS = {"decoder_base_dim"}  # config entries that leave the encoder, and so the latent space, alone
+
+
+def load_for_decoder_training(vae_dir: str, overrides: dict, seed: int):
+    """The VAE at ``vae_dir`` with its encoder frozen; with ``overrides`` (decoder-only config entries) a new
+    VAE whose encoder and quant_conv are copied from it and whose decoder starts from random weights."""
+    from diffusers import AutoencoderKLWan
+
+    from ..errors import SenCacheError
+
+    old = AutoencoderKLWan.from_pretrained(vae_dir)
+    if set(overrides) - DECODER_ONLY_KEYS:
+        raise SenCacheError(f"--decoder-of keeps the encoder and its latent space: only {sorted(DECODER_ONLY_KEYS)} "
+                            f"may change (got {sorted(overrides)})")
+    if overrides:
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(**{**dict(old.config), **overrides})
+        kept = {k: v for k, v in old.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+        missing, unexpected = vae.load_state_dict(kept, strict=False)
+        assert not unexpected and not any(k.startswith(("encoder.", "quant_conv.")) for k in missing)
+    else:
+        vae = old
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    return vae
+
+
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.decoder_of:
-        from diffusers import AutoencoderKLWan
-
-        vae = AutoencoderKLWan.from_pretrained(args.decoder_of)
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
+        vae = load_for_decoder_training(args.decoder_of, json.loads(args.vae_overrides or "{}"), args.seed)
     else:
         vae = build_vae(seed=args.seed, **json.loads(args.vae_overrides or "{}"))
     vae.to(args.device)
