@@ -1,6 +1,6 @@
 """The best judge score the shipped demo model could reach: the judge on rendered clips and on their VAE round trips.
 
-    .venv/bin/python scripts/judge_ceiling.py [--prompts 32] [--prompt-seed 777] [--seeds 8]
+    .venv/bin/python scripts/judge_ceiling.py [--prompts 32] [--prompt-seed 777] [--seeds 8] [--vae DIR]
 
 The transformer only ever produces VAE latents, so a generated clip can be no better than the decoder's rendering
 of a perfect latent. This renders the judge's own captions (``sencache judge``'s default draw) from the data
@@ -27,9 +27,15 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--prompt-seed", type=int, default=777)
     ap.add_argument("--seeds", type=int, default=8, help="renderings (object placements) per caption")
+    ap.add_argument("--vae", default=None, help="another VAE folder to round-trip through (default: the shipped one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    vae = load_pipeline().vae
+    if args.vae:
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(args.vae).eval()
+    else:
+        vae = load_pipeline().vae
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     rendered, decoded = [], []
