@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     import torch
 
     from sencache.demo_model import load_pipeline
-    from sencache.demo_model.build import encode_clips
+    from sencache.demo_model.build import frames_to_pixels
     from sencache.demo_model.data import dataset_prompts, parse_caption, render
     from sencache.demo_model.judge import CORE_ATTRIBUTES, judge_many
 
@@ -36,15 +36,13 @@ def main(argv=None) -> None:
         vae = AutoencoderKLWan.from_pretrained(args.vae).eval()
     else:
         vae = load_pipeline().vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     rendered, decoded = [], []
     for i, prompt in enumerate(dataset_prompts(args.prompts, seed=args.prompt_seed)):
         objects, background = parse_caption(prompt)
         for seed in range(args.seeds):
             frames = render(objects, background, np.random.default_rng([i, seed, 424242]))
             with torch.no_grad():
-                latent = encode_clips(vae, frames[None]) * std + mean
+                latent = vae.encode(frames_to_pixels(frames[None])).latent_dist.mean  # unnormalised, as decode wants
                 pixels = vae.decode(latent).sample[0]  # (3, F, H, W) in [-1, 1]
             video = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
             rendered.append((frames, prompt))

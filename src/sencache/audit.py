@@ -437,15 +437,13 @@ EPS_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
 def default_ablation_eps(profile, num_inference_steps: int) -> float:
     """The ε the n-ablation holds fixed: the profile's recommended_eps, else budget mode's ε for NFE ≈ T/2
     (at n = 3), else 0.1."""
-    from .budget import recommended_eps
+    from .budget import recommended_eps, solve_eps, trajectories_of
+    from .rules.sencache import SenCacheConfig
 
     eps = recommended_eps(profile)
     if eps is not None:
         return eps
     try:
-        from .budget import solve_eps, trajectories_of
-        from .rules.sencache import SenCacheConfig
-
         traj = trajectories_of(profile)
         if traj.num_steps == num_inference_steps:
             return solve_eps(SenCacheConfig(profile), num_inference_steps / 2, traj)["eps"]

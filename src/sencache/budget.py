@@ -333,17 +333,16 @@ def recommended_eps(profile, default: float | None = None) -> float | None:
 
     A profile written before the default ε schedule changed holds an ε solved for another schedule, which
     would miss its NFE target; when it still holds its calibration trajectories, ε is solved again here for
-    the stored ``target_nfe`` (milliseconds), with a log line saying so."""
+    the stored ``target_nfe`` (an offline replay, no model call), with a log line saying so."""
     import logging
 
-    from .rules.sencache import SenCacheConfig
+    from .rules.sencache import DEFAULT_EPS_SCHEDULE, SenCacheConfig, as_schedule
 
     meta = profile.metadata
     eps = meta.get("recommended_eps")
     if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         return default
-    current = SenCacheConfig(profile, eps=float(eps)).eps_schedule
-    current = current.to_dict() if current is not None else None
+    current = as_schedule(DEFAULT_EPS_SCHEDULE).to_dict()
     solved_for = (meta.get("budget") or {}).get("eps_schedule", current)
     target = meta.get("target_nfe")
     if solved_for == current or not isinstance(target, (int, float)) or "trajectories" not in meta:
@@ -351,7 +350,7 @@ def recommended_eps(profile, default: float | None = None) -> float | None:
     eps = SenCacheConfig(profile, target_nfe=float(target)).eps
     logging.getLogger("sencache").info(
         "the profile's recommended_eps was solved for eps schedule %s; solved again for %s at target NFE %g: eps %.4g",
-        (solved_for or {}).get("name", "constant"), (current or {}).get("name", "constant"), target, eps)
+        (solved_for or {}).get("name", "constant"), current["name"], target, eps)
     return float(eps)
 
 

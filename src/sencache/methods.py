@@ -43,6 +43,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import SenCacheError
+from .rules.sencache import DEFAULT_EPS_SCHEDULE
 
 REFERENCE = "none"
 
@@ -299,7 +300,6 @@ class MethodSpec:
 
 SENCACHE_MAX_REUSE = 3
 SENCACHE_FINAL_STEPS = 1
-SENCACHE_EPS_SCHEDULE = "power2"  # SenCacheConfig's default, stated so the record says what ran
 MAGCACHE_MAX_SKIP = 2  # the paper's "slow" Wan setting
 MAGCACHE_RETENTION = 0.2
 TEACACHE_ORDER = 1
@@ -312,7 +312,7 @@ def _ours_config(name: str, value, ctx: MethodContext):
     T = ctx.num_inference_steps
     if name == "sencache":
         return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
-                              eps_schedule=SENCACHE_EPS_SCHEDULE)
+                              eps_schedule=DEFAULT_EPS_SCHEDULE)
     if name in ("magcache", "magcache-final"):
         return MagCacheConfig(ratios=ctx.baselines.magcache_ratios, threshold=float(value), max_skip=MAGCACHE_MAX_SKIP,
                               retention_ratio=MAGCACHE_RETENTION,
@@ -330,7 +330,7 @@ def _ours_settings(name: str):
         T = ctx.num_inference_steps
         if name == "sencache":
             cfg = {"eps_start": float(value) / 10, "warmup_fraction": 0.2, "max_reuse": SENCACHE_MAX_REUSE,
-                   "final_steps": SENCACHE_FINAL_STEPS, "eps_schedule": SENCACHE_EPS_SCHEDULE}
+                   "final_steps": SENCACHE_FINAL_STEPS, "eps_schedule": DEFAULT_EPS_SCHEDULE}
             if ctx.profile is not None:
                 meta = ctx.profile.metadata
                 cfg["profile"] = {k: meta[k] for k in ("model_class", "config_hash", "num_samples") if k in meta}

@@ -45,10 +45,10 @@ def add_cli(subparsers) -> None:
 def _setting_key(method: str, steps: int, target_nfe: float, guidance: float, profile) -> str:
     key = f"{method}|T={steps}|nfe={target_nfe:g}|g={guidance:g}"
     if method == "sencache" and profile is not None:
-        from ..methods import SENCACHE_EPS_SCHEDULE
+        from ..rules.sencache import DEFAULT_EPS_SCHEDULE
 
         digest = hashlib.sha256(json.dumps(profile.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        key += f"|profile={digest}|schedule={SENCACHE_EPS_SCHEDULE}"  # a threshold holds for one rule only
+        key += f"|profile={digest}|schedule={DEFAULT_EPS_SCHEDULE}"  # a threshold holds for one rule only
     return key
 
 

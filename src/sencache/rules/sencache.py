@@ -136,6 +136,9 @@ SCHEDULE_PRESETS: dict[str, EpsSchedule] = {
 }
 
 
+DEFAULT_EPS_SCHEDULE = "power2"  # beat the paper's constant eps at equal NFE on every demo model (README)
+
+
 def as_schedule(value) -> EpsSchedule | None:
     """None, an :class:`EpsSchedule`, a preset name, a dict from :meth:`EpsSchedule.to_dict`, or knots."""
     if value is None or isinstance(value, EpsSchedule):
@@ -169,7 +172,7 @@ class SenCacheConfig:
     target_nfe: float | None = None  # budget mode: eps is chosen so the calibration trajectories hit this NFE
     target_speedup: float | None = None  # budget mode: target_nfe = T / target_speedup
     # EpsSchedule or preset name: post-warm-up ε(step) = eps · g(step / (T - 1)); None or "constant": the paper's
-    eps_schedule: Any = "power2"
+    eps_schedule: Any = DEFAULT_EPS_SCHEDULE
     correction: bool = False  # per-sample correction of S from observed residual changes
     correction_bounds: tuple = (0.5, 2.0)
     correction_momentum: float = 0.5  # weight of the old factor in the running mean
