@@ -129,8 +129,9 @@ def test_wider_decoder_reuses_the_encoder_so_latents_are_unchanged(tmp_path, vae
     from sencache.demo_model.build import encode_clips
 
     out = train_vae.train(train_vae.parse_args(["--out", str(tmp_path / "wide"), "--steps", "1", "--batch-size", "1",
-                                                "--threads", "1", "--decoder-of", str(vae_dir),
+                                                "--threads", "1", "--decoder-of", str(vae_dir), "--seed", "5",
                                                 "--vae-overrides", '{"decoder_base_dim": 24}']))
+    # (seed 5: a fresh encoder would differ from vae_dir's seed-0 one, so equal latents prove the copy)
     before, after = AutoencoderKLWan.from_pretrained(vae_dir), AutoencoderKLWan.from_pretrained(out)
     assert after.config.decoder_base_dim == 24 and before.config.decoder_base_dim != 24
     assert after.decoder.conv_in.out_channels != before.decoder.conv_in.out_channels
