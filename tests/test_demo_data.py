@@ -127,7 +127,7 @@ def test_objects_fully_inside_and_backgrounds_dull(samples):
     for s in samples:
         if len(s.objects) == 1:  # no occlusion: the full stencil is visible in every frame
             o = s.objects[0]
-            expected = int(D._MASKS[(o.shape, o.size)].sum())
+            expected = int(D._shape_mask(o.shape, D.SIZE_PX[o.size]).sum())
             hits = np.all(s.frames == np.array(D.COLORS[o.colour], np.uint8), axis=-1).sum((1, 2))
             assert (hits == expected).all(), (s.caption, hits, expected)
     bg = D._render_background("striped", np.random.default_rng(0))
@@ -236,3 +236,21 @@ def test_judge_command_writes_scores_split_by_size(tmp_path, capsys):
     assert "2 clips (2 prompts x 1 seeds)" in printed and "objects (" in printed
     scores = json.loads(out.read_text())["scores"]
     assert sum(s["n"] for s in scores["by_size"].values()) == scores["n_objects"] > 0
+
+
+def test_sizes_set_the_drawn_stencils():
+    """Single-object samples drawn with 7 px small objects (the first stages' data) carry 7 px stencils."""
+    seven = D.with_small_size(7)
+    assert seven["large"] == D.SIZE_PX["large"] and seven["small"] == 7 != D.SIZE_PX["small"]
+    checked = 0
+    for seed in range(60):
+        for sizes in (seven, D.SIZE_PX):
+            s = D.make_sample(np.random.default_rng(seed), sizes)
+            if len(s.objects) == 1 and s.objects[0].size == "small":
+                o = s.objects[0]
+                hits = np.all(s.frames == np.array(D.COLORS[o.colour], np.uint8), axis=-1).sum((1, 2))
+                assert (hits == D._shape_mask(o.shape, sizes["small"]).sum()).all(), (sizes, s.caption)
+                checked += 1
+    assert checked >= 10
+    with pytest.raises(ValueError, match="small objects"):
+        D.with_small_size(D.SIZE_PX["large"])

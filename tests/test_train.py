@@ -161,3 +161,14 @@ def test_init_from_starts_a_second_stage_from_a_saved_pipeline_and_refuses_anoth
     with pytest.raises(SenCacheError, match="architecture"):
         run(tmp_path / "other", 1, vae_dir, extra=("--init-from", str(first), "--transformer-overrides",
                                                    '{"num_layers": 2}'))
+
+
+def test_small_px_reaches_the_training_batches_and_bad_sizes_are_refused(tmp_path, vae_dir, capsys):
+    """The shipped model's earlier stages trained on 7 px small objects: --small-px must change what is trained on."""
+    run(tmp_path / "default", 1, vae_dir)
+    run(tmp_path / "seven", 1, vae_dir, extra=("--small-px", "7"))
+    assert losses(tmp_path / "seven") != losses(tmp_path / "default")
+    for bad in ("12", "2"):
+        with pytest.raises(SystemExit):
+            parse_args(["--vae", str(vae_dir), "--small-px", bad])
+        assert "--small-px" in capsys.readouterr().err

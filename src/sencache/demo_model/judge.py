@@ -33,13 +33,13 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import COLORS, FRAMES, SIZES, SPEED_PX, parse_caption
+from .data import COLORS, FRAMES, SIZE_PX, SIZES, SPEED_PX, parse_caption
 
 COLOUR_DIST = 110.0  # max RGB distance to the palette colour
 MIN_CHROMA = 60  # max(rgb) - min(rgb) of a pixel counted as coloured
 MIN_PIXELS = 6  # component size needed to call an object present in a frame
 STILL_PX = 1.5  # displacement below which an object is "still"
-LARGE_SIDE_PX = 9.5  # bounding-box side separating small (7) from large (12)
+LARGE_SIDE_PX = (SIZE_PX["small"] + SIZE_PX["large"]) / 2  # bounding-box side separating the size classes
 
 #: speed class boundaries on |displacement| over the clip (geometric means of the nominal values)
 _TRAVEL = {k: v * (FRAMES - 1) for k, v in SPEED_PX.items()}

@@ -34,9 +34,9 @@ CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance ha
 SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
 
 
-def make_batch(step: int, seed: int, batch_size: int):
+def make_batch(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX):
     rng = np.random.default_rng([seed, step])
-    samples = [data.make_sample(rng) for _ in range(batch_size)]
+    samples = [data.make_sample(rng, sizes) for _ in range(batch_size)]
     frames = np.stack([s.frames for s in samples])
     captions = [s.caption if rng.random() >= CAPTION_DROPOUT else "" for s in samples]
     return frames, captions
@@ -99,6 +99,7 @@ def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
 
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
+    sizes = data.with_small_size(args.small_px)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # JSON has no tuples; diffusers configs (patch_size) use them
@@ -147,7 +148,7 @@ def train(args) -> Path:
             while step < min(args.steps, args.stop_at or args.steps) and time.time() < deadline:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-                frames, captions = make_batch(step, args.seed, args.batch_size)
+                frames, captions = make_batch(step, args.seed, args.batch_size, sizes)
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
                 loss = flow_matching_loss(pipe, frames, captions, gen)
                 opt.zero_grad(set_to_none=True)
@@ -183,6 +184,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the LR schedule)")
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--small-px", type=data.small_px_option, default=data.SIZE_PX["small"],
+                   help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)

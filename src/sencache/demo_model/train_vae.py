@@ -43,9 +43,9 @@ OBJECT_WEIGHT = 10.0
 OBJECT_CHROMA = 0.47  # max(rgb) - min(rgb) in [-1, 1] units above which a pixel is an object pixel (60 of 255)
 
 
-def make_clips(step: int, seed: int, batch_size: int) -> torch.Tensor:
+def make_clips(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX) -> torch.Tensor:
     rng = np.random.default_rng([seed, step, 7])  # 7: a stream apart from the transformer's batches
-    return frames_to_pixels(np.stack([data.make_sample(rng).frames for _ in range(batch_size)]))
+    return frames_to_pixels(np.stack([data.make_sample(rng, sizes).frames for _ in range(batch_size)]))
 
 
 def vae_loss(vae, x: torch.Tensor, generator: torch.Generator,
@@ -58,9 +58,10 @@ def vae_loss(vae, x: torch.Tensor, generator: torch.Generator,
 
 
 @torch.no_grad()
-def measure_latent_stats(vae, seed: int, clips: int = 256, batch_size: int = 16) -> tuple[list[float], list[float]]:
+def measure_latent_stats(vae, seed: int, clips: int = 256, batch_size: int = 16,
+                         sizes=data.SIZE_PX) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the posterior means of fresh clips (the normalisation WanPipeline undoes)."""
-    zs = [vae.encode(make_clips(10_000_000 + i, seed, batch_size).to(vae.device)).latent_dist.mean
+    zs = [vae.encode(make_clips(10_000_000 + i, seed, batch_size, sizes).to(vae.device)).latent_dist.mean
           for i in range(math.ceil(clips / batch_size))]
     z = torch.cat(zs).transpose(0, 1).flatten(1).cpu()
     return z.mean(1).tolist(), z.std(1).tolist()
@@ -95,6 +96,7 @@ def load_for_decoder_training(vae_dir: str, overrides: dict, seed: int):
 
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
+    sizes = data.with_small_size(args.small_px)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.decoder_of:
@@ -129,7 +131,7 @@ def train(args) -> Path:
                 for group in opt.param_groups:  # warm-up, then cosine down to 10 %
                     group["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-                clips = make_clips(step, args.seed, args.batch_size).to(args.device)
+                clips = make_clips(step, args.seed, args.batch_size, sizes).to(args.device)
                 loss, rec = vae_loss(vae, clips, gen, args.latent_noise)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -150,7 +152,7 @@ def train(args) -> Path:
             checkpoint(step)
     vae.eval()
     if not args.decoder_of:  # a decoder fine-tune keeps the encoder, so the statistics stay valid
-        mean, std = measure_latent_stats(vae, args.seed)
+        mean, std = measure_latent_stats(vae, args.seed, sizes=sizes)
         vae.register_to_config(latents_mean=mean, latents_std=std)
     std = vae.config.latents_std
     vae.save_pretrained(out / "vae", safe_serialization=True)
@@ -165,6 +167,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (sets the LR schedule)")
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--small-px", type=data.small_px_option, default=data.SIZE_PX["small"],
+                   help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
