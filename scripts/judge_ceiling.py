@@ -20,7 +20,8 @@ def main(argv=None) -> None:
 
     from sencache.demo_model import load_pipeline
     from sencache.demo_model.build import frames_to_pixels
-    from sencache.demo_model.data import SIZE_PX, dataset_prompts, parse_caption, render, with_small_size
+    from sencache.demo_model.data import (SIZE_PX, dataset_prompts, parse_caption, render, small_px_option,
+                                           with_small_size)
     from sencache.demo_model.judge import CORE_ATTRIBUTES, judge_many
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -28,7 +29,7 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt-seed", type=int, default=777)
     ap.add_argument("--seeds", type=int, default=8, help="renderings (object placements) per caption")
     ap.add_argument("--vae", default=None, help="another VAE folder to round-trip through (default: the shipped one)")
-    ap.add_argument("--small-px", type=int, default=SIZE_PX["small"], help="side of small objects (7 before stage four)")
+    ap.add_argument("--small-px", type=small_px_option, default=SIZE_PX["small"], help="side of small objects (7 before stage four)")
     args = ap.parse_args(argv)
     sizes = with_small_size(args.small_px)
     torch.set_num_threads(2)
