@@ -20,8 +20,7 @@ def main(argv=None) -> None:
 
     from sencache.demo_model import load_pipeline
     from sencache.demo_model.build import frames_to_pixels
-    from sencache.demo_model.data import (SIZE_PX, dataset_prompts, parse_caption, render, small_px_option,
-                                           with_small_size)
+    from sencache.demo_model.data import SIZE_PX, dataset_prompts, parse_caption, render, sizes_option
     from sencache.demo_model.judge import CORE_ATTRIBUTES, judge_many
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,9 +28,9 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt-seed", type=int, default=777)
     ap.add_argument("--seeds", type=int, default=8, help="renderings (object placements) per caption")
     ap.add_argument("--vae", default=None, help="another VAE folder to round-trip through (default: the shipped one)")
-    ap.add_argument("--small-px", type=small_px_option, default=SIZE_PX["small"], help="side of small objects (7 before stage four)")
+    ap.add_argument("--small-px", dest="sizes", type=sizes_option, default=str(SIZE_PX["small"]), metavar="N",
+                    help="side of small objects (7 before stage four)")
     args = ap.parse_args(argv)
-    sizes = with_small_size(args.small_px)
     torch.set_num_threads(2)
     if args.vae:
         from diffusers import AutoencoderKLWan
@@ -43,7 +42,7 @@ def main(argv=None) -> None:
     for i, prompt in enumerate(dataset_prompts(args.prompts, seed=args.prompt_seed)):
         objects, background = parse_caption(prompt)
         for seed in range(args.seeds):
-            frames = render(objects, background, np.random.default_rng([i, seed, 424242]), sizes)
+            frames = render(objects, background, np.random.default_rng([i, seed, 424242]), args.sizes)
             with torch.no_grad():
                 latent = vae.encode(frames_to_pixels(frames[None])).latent_dist.mean  # unnormalised, as decode wants
                 pixels = vae.decode(latent).sample[0]  # (3, F, H, W) in [-1, 1]

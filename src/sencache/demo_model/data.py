@@ -209,13 +209,12 @@ def with_small_size(small_px: int) -> dict[str, int]:
     return {**SIZE_PX, "small": small_px}
 
 
-def small_px_option(text: str) -> int:
-    """``--small-px`` of the training commands: an integer :func:`with_small_size` accepts."""
+def sizes_option(text: str) -> dict[str, int]:
+    """``--small-px N`` of the training commands, parsed straight into the size table :func:`with_small_size` gives."""
     try:
-        with_small_size(int(text))
+        return with_small_size(int(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return int(text)
 
 
 @lru_cache(maxsize=None)
@@ -261,8 +260,7 @@ def _render_background(background: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _trajectory(o: ObjectSpec, rng: np.random.Generator, spread: float = 0.6,
-                sizes: Mapping[str, int] = SIZE_PX) -> np.ndarray:
+def _trajectory(o: ObjectSpec, rng: np.random.Generator, spread: float, sizes: Mapping[str, int]) -> np.ndarray:
     """Integer top-left (x, y) per frame, shape (FRAMES, 2); always fully inside the frame."""
     side = sizes[o.size]
     hi = SIZE - side  # largest valid top-left coordinate

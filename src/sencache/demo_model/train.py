@@ -99,7 +99,6 @@ def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
 
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
-    sizes = data.with_small_size(args.small_px)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # JSON has no tuples; diffusers configs (patch_size) use them
@@ -148,7 +147,7 @@ def train(args) -> Path:
             while step < min(args.steps, args.stop_at or args.steps) and time.time() < deadline:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-                frames, captions = make_batch(step, args.seed, args.batch_size, sizes)
+                frames, captions = make_batch(step, args.seed, args.batch_size, args.sizes)
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
                 loss = flow_matching_loss(pipe, frames, captions, gen)
                 opt.zero_grad(set_to_none=True)
@@ -184,7 +183,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the LR schedule)")
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--small-px", type=data.small_px_option, default=data.SIZE_PX["small"],
+    p.add_argument("--small-px", dest="sizes", type=data.sizes_option, default=str(data.SIZE_PX["small"]), metavar="N",
                    help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)

@@ -96,7 +96,6 @@ def load_for_decoder_training(vae_dir: str, overrides: dict, seed: int):
 
 def train(args) -> Path:
     torch.set_num_threads(args.threads)
-    sizes = data.with_small_size(args.small_px)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.decoder_of:
@@ -131,7 +130,7 @@ def train(args) -> Path:
                 for group in opt.param_groups:  # warm-up, then cosine down to 10 %
                     group["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-                clips = make_clips(step, args.seed, args.batch_size, sizes).to(args.device)
+                clips = make_clips(step, args.seed, args.batch_size, args.sizes).to(args.device)
                 loss, rec = vae_loss(vae, clips, gen, args.latent_noise)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -152,7 +151,7 @@ def train(args) -> Path:
             checkpoint(step)
     vae.eval()
     if not args.decoder_of:  # a decoder fine-tune keeps the encoder, so the statistics stay valid
-        mean, std = measure_latent_stats(vae, args.seed, sizes=sizes)
+        mean, std = measure_latent_stats(vae, args.seed, sizes=args.sizes)
         vae.register_to_config(latents_mean=mean, latents_std=std)
     std = vae.config.latents_std
     vae.save_pretrained(out / "vae", safe_serialization=True)
@@ -167,7 +166,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (sets the LR schedule)")
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--small-px", type=data.small_px_option, default=data.SIZE_PX["small"],
+    p.add_argument("--small-px", dest="sizes", type=data.sizes_option, default=str(data.SIZE_PX["small"]), metavar="N",
                    help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
