@@ -22,14 +22,18 @@ PY=.venv/bin/python
 [ -d "$VAE_RUN/vae" ] || nice -n -5 $PY -m sencache.demo_model.train_vae --out "$VAE_RUN" --steps 1300 --lr 2e-3 --small-px 7
 nice -n -5 $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$RUN" --steps 4000 --stop-at 3626 --small-px 7 || true
 [ -d "$RUN/pipeline" ] || $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$RUN" --export-only --small-px 7
-nice -n -5 $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$STAGE2" --init-from "$RUN/pipeline" \
-  --seed 1 --lr 2.5e-4 --warmup 100 --steps 5000 --small-px 7
-nice -n -5 $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$STAGE3" --init-from "$STAGE2/pipeline" \
-  --seed 2 --lr 2.5e-4 --warmup 100 --steps 5400 --small-px 7
-nice -n -5 $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$STAGE4" --init-from "$STAGE3/pipeline" \
-  --seed 3 --lr 2.5e-4 --warmup 100 --steps 6000 --stop-at 5424
-nice -n -5 $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$STAGE5" --init-from "$STAGE4/pipeline" \
-  --seed 4 --lr 2.5e-4 --warmup 100 --steps 5000 --stop-at 4771
+# a later stage: on from the previous stage's EMA weights, with a new seed (so new batches) and a new warm-up and
+# cosine decay
+next_stage() {
+  local out=$1 previous=$2 seed=$3
+  shift 3
+  nice -n -5 $PY -m sencache.demo_model.train --vae "$VAE_RUN/vae" --out "$out" --init-from "$previous/pipeline" \
+    --seed "$seed" --lr 2.5e-4 --warmup 100 "$@"
+}
+next_stage "$STAGE2" "$RUN" 1 --steps 5000 --small-px 7
+next_stage "$STAGE3" "$STAGE2" 2 --steps 5400 --small-px 7
+next_stage "$STAGE4" "$STAGE3" 3 --steps 6000 --stop-at 5424
+next_stage "$STAGE5" "$STAGE4" 4 --steps 5000 --stop-at 4771
 rm -rf "$W" && mkdir -p "$W" && cp -r "$STAGE5/pipeline/." "$W/"
 # one loss curve for all stages: each stage's steps continue the previous stages' count
 $PY - "$RUN/loss.csv" "$STAGE2/loss.csv" "$STAGE3/loss.csv" "$STAGE4/loss.csv" "$STAGE5/loss.csv" \
