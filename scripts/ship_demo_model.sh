@@ -5,8 +5,9 @@
 #   bash scripts/ship_demo_model.sh [RUN_DIR] [VAE_RUN_DIR] [STAGE2_DIR] [STAGE3_DIR] [STAGE4_DIR] [STAGE5_DIR]
 #   (about 15 + 80 + 85 + 85 + 90 + 82 minutes of training on 2 CPU cores)
 # The step counts are those of the shipped run: the first transformer stage had --steps 4000 and was stopped by
-# its 80-minute limit at step 3626; the second ran 5000 steps, the third 5400; the fourth had --steps 6000 and was stopped by its 88-minute limit at step 5424;
-# the fifth had --steps 5000 and was stopped by its 82-minute limit at step 4771 (see the README).
+# its 80-minute limit at step 3626; the second ran 5000 steps, the third 5400; the fourth had --steps 6000 and
+# was stopped by its 88-minute limit at step 5424; the fifth had --steps 5000 and was stopped by its 82-minute
+# limit at step 4771 (see the README).
 # The VAE and the first three stages drew small objects 7 px wide; the fourth and fifth stages use today's 10 px,
 # because only 43 % of 7 px shapes survive the VAE (scripts/judge_ceiling.py --small-px 7).
 set -euo pipefail
