@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     import torch
 
     from sencache.demo_model import load_pipeline
-    from sencache.demo_model.build import frames_to_pixels
+    from sencache.demo_model.build import round_trip
     from sencache.demo_model.data import SIZE_PX, dataset_prompts, parse_caption, render, sizes_option
     from sencache.demo_model.judge import CORE_ATTRIBUTES, judge_many
 
@@ -43,12 +43,8 @@ def main(argv=None) -> None:
         objects, background = parse_caption(prompt)
         for seed in range(args.seeds):
             frames = render(objects, background, np.random.default_rng([i, seed, 424242]), args.sizes)
-            with torch.no_grad():
-                latent = vae.encode(frames_to_pixels(frames[None])).latent_dist.mean  # unnormalised, as decode wants
-                pixels = vae.decode(latent).sample[0]  # (3, F, H, W) in [-1, 1]
-            video = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
             rendered.append((frames, prompt))
-            decoded.append((video, prompt))
+            decoded.append((round_trip(vae, frames), prompt))
     for name, pairs in (("rendered clips (the judge's own accuracy)", rendered),
                         ("VAE round trips (the model's ceiling)", decoded)):
         s = judge_many(pairs)

@@ -13,6 +13,9 @@ S=.venv/bin/sencache
 rm -f "$W/baselines.json"  # the thresholds belong to the old model: the demo searches them again and stores them
 $S demo --out docs/demo
 $S judge --seeds 2 --out docs/judge.json
+# two disjoint draws: the default one holds fewer multi-object clips than the training data
+$S judge --prompts 16 --prompt-seed 778 --first-seed 20000 --seeds 2 --out docs/judge_778.json
+$S judge --prompts 32 --prompt-seed 779 --first-seed 30000 --seeds 2 --out docs/judge_779.json
 $S judge --word-effect "a large red circle moving left on a plain background" --seeds 2 --steps 30 \
   --out docs/word_effect.json
 .venv/bin/python scripts/demo_samples_gif.py --out docs/samples.gif

@@ -177,6 +177,14 @@ def encode_clips(vae, frames) -> torch.Tensor:
     return (z - mean) / std
 
 
+@torch.no_grad()
+def round_trip(vae, frames):
+    """uint8 (F, H, W, 3) clip -> the same clip encoded (posterior mean) and decoded by ``vae``, as uint8: what the
+    decoder makes of a perfect latent, so no generated clip can be better."""
+    pixels = vae.decode(vae.encode(frames_to_pixels(frames[None]).to(vae.device)).latent_dist.mean).sample[0]
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
+
+
 def pipeline_size_kwargs(frames: int, height: int, width: int) -> dict:
     """WanPipeline size arguments for a (frames, height, width) demo clip, checked against what the VAE can do.
 
