@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sencache.demo_model import data as D
-from sencache.demo_model.judge import judge_many, judge_video
+from sencache.demo_model.judge import ATTRIBUTES, judge_many, judge_video
 
 N_GT = 300
 N_LIES = 150
@@ -254,8 +254,18 @@ def test_judge_command_writes_scores_split_by_size(tmp_path, capsys):
     assert main(["judge", "--prompts", "2", "--seeds", "1", "--steps", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "2 clips (2 prompts x 1 seeds)" in printed and "objects (" in printed
-    scores = json.loads(out.read_text())["scores"]
+    written = json.loads(out.read_text())
+    scores = written["scores"]
     assert sum(s["n"] for s in scores["by_size"].values()) == scores["n_objects"] > 0
+    # every clip says which of its objects lost which attribute, and the clips add up to the scores
+    clips = written["clips"]
+    assert len(clips) == 2 and sum(c["all"] for c in clips) == scores["correct"]["all"]
+    objects = [o for c in clips for o in c["objects"]]
+    assert len(objects) == scores["n_objects"]
+    for attribute in ATTRIBUTES:
+        assert sum(attribute in o["right"] for o in objects) == scores["correct"][attribute], attribute
+    for c in clips:
+        assert " and ".join(o["expected"] for o in c["objects"]) in c["prompt"]
 
 
 def test_sizes_set_the_drawn_stencils():

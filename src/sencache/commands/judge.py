@@ -15,7 +15,7 @@ from tqdm import tqdm
 def run(args) -> int:
     from ..demo_model import load_pipeline
     from ..demo_model.data import dataset_prompts
-    from ..demo_model.judge import CORE_ATTRIBUTES, judge_many
+    from ..demo_model.judge import CORE_ATTRIBUTES, aggregate, clip_summary, judge_video
     from ..generation import generate
 
     import torch
@@ -26,13 +26,13 @@ def run(args) -> int:
         return _report_word_effect(pipe, args)
     prompts = dataset_prompts(args.prompts, seed=args.prompt_seed)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    pairs, per_clip = [], []
+    verdicts, per_clip = [], []
     for prompt in tqdm(prompts, desc="judge", unit="prompt"):
         for seed in seeds:
             frames = generate(pipe, prompt, seed, num_inference_steps=args.steps, guidance_scale=args.guidance).frames
-            pairs.append((frames, prompt))
-            per_clip.append({"prompt": prompt, "seed": seed})
-    scores = judge_many(pairs)
+            verdicts.append(judge_video(frames, prompt))
+            per_clip.append({"prompt": prompt, "seed": seed, **clip_summary(verdicts[-1])})
+    scores = aggregate(verdicts)
     print(f"{scores['n_videos']} clips ({len(prompts)} prompts x {len(seeds)} seeds), {scores['n_objects']} objects")
     for attribute in (*CORE_ATTRIBUTES, "all"):
         print(f"  {attribute:9s} {100 * scores[attribute]:5.1f} %")

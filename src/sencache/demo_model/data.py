@@ -108,7 +108,8 @@ class Sample:
 # --------------------------------------------------------------------------
 
 
-def _object_phrase(o: ObjectSpec) -> str:
+def object_phrase(o: ObjectSpec) -> str:
+    """One object's words in a caption, e.g. "a small red circle moving left slowly"."""
     words = ["a", o.size, o.colour, o.shape]
     if o.speed == "still":
         words += ["standing", "still"]
@@ -126,7 +127,7 @@ def caption_for(objects: list[ObjectSpec], background: str) -> str:
         raise ValueError("a caption needs at least one object")
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}")
-    return " and ".join(_object_phrase(o) for o in objects) + f" on a {background} background"
+    return " and ".join(object_phrase(o) for o in objects) + f" on a {background} background"
 
 
 def parse_caption(caption: str) -> tuple[list[ObjectSpec], str]:

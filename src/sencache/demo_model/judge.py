@@ -35,7 +35,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import COLORS, FRAMES, SIZE_PX, SIZES, SPEED_PX, parse_caption
+from .data import COLORS, FRAMES, SIZE_PX, SIZES, SPEED_PX, object_phrase, parse_caption
 
 COLOUR_DIST = 110.0  # max RGB distance to the palette colour
 MIN_CHROMA = 60  # max(rgb) - min(rgb) of a pixel counted as coloured
@@ -315,8 +315,26 @@ def judge_video(frames: np.ndarray, caption: str) -> dict:
     return out
 
 
+def clip_summary(verdict: dict) -> dict:
+    """A :func:`judge_video` result as plain JSON: per object, what the caption asked for, what was measured and
+    which attributes were right (so a score can be traced back to the clips that lost it)."""
+    objects = []
+    for o in verdict["objects"]:
+        m = o["measured"]
+        measured = {k: m[k] for k in ("shape", "direction", "size", "speed") if k in m}
+        measured.update({k: round(float(m[k]), 3) for k in ("fill", "skew") if k in m})
+        objects.append({"expected": object_phrase(o["expected"]), "found": m["found"], "measured": measured,
+                        "right": [a for a in ATTRIBUTES if o[a]]})
+    return {"all": verdict["all"], "objects": objects}
+
+
 def judge_many(pairs: Iterable[tuple[np.ndarray, str]]) -> dict:
-    """Aggregate :func:`judge_video` over ``(frames, caption)`` pairs.
+    """Aggregate :func:`judge_video` over ``(frames, caption)`` pairs; see :func:`aggregate`."""
+    return aggregate(judge_video(frames, caption) for frames, caption in pairs)
+
+
+def aggregate(verdicts: Iterable[dict]) -> dict:
+    """Accuracies over :func:`judge_video` results.
 
     Returns accuracies in [0, 1]: ``colour``, ``shape``, ``direction``,
     ``size``, ``speed`` per *object* (every object of every caption counts
@@ -329,8 +347,7 @@ def judge_many(pairs: Iterable[tuple[np.ndarray, str]]) -> dict:
     vid_ok = {a: 0 for a in ATTRIBUTES + ("all",)}
     size_ok = {z: {a: 0 for a in ATTRIBUTES + ("n",)} for z in SIZES}
     n_videos = 0
-    for frames, caption in pairs:
-        r = judge_video(frames, caption)
+    for r in verdicts:
         n_videos += 1
         for a in vid_ok:
             vid_ok[a] += bool(r[a])
@@ -352,4 +369,4 @@ def judge_many(pairs: Iterable[tuple[np.ndarray, str]]) -> dict:
     return out
 
 
-__all__ = ["judge_video", "judge_many", "analyse_object", "ATTRIBUTES", "CORE_ATTRIBUTES"]
+__all__ = ["judge_video", "judge_many", "aggregate", "clip_summary", "analyse_object", "ATTRIBUTES", "CORE_ATTRIBUTES"]
