@@ -52,6 +52,8 @@ def main(argv=None) -> None:
         print("  " + ", ".join(f"{a} {100 * s[a]:.1f} %" for a in (*CORE_ATTRIBUTES, "all")))
         for size, z in s["by_size"].items():
             print(f"  {size} objects ({z['n']}): " + ", ".join(f"{a} {100 * z[a]:.1f} %" for a in CORE_ATTRIBUTES))
+        print("  all, by objects per clip: " + ", ".join(f"{k}: {100 * z['all']:.1f} % of {z['n']}"
+                                                        for k, z in s["by_objects"].items()))
 
 
 if __name__ == "__main__":

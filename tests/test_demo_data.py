@@ -210,6 +210,20 @@ def test_judge_reads_known_shapes_through_the_shipped_vae(samples):
         assert n[shape] >= 15 and right[shape] / n[shape] >= 0.85, (shape, right, n)
 
 
+def test_judge_splits_clip_accuracy_by_object_count(samples):
+    """Captions that lie about the shape in every one-object clip: those score 0, the others stay right."""
+    pairs = []
+    for s in samples[:120]:
+        objs = s.objects
+        if len(objs) == 1:
+            objs = [replace(objs[0], shape=D.SHAPES[(D.SHAPES.index(objs[0].shape) + 1) % 3])]
+        pairs.append((s.frames, D.caption_for(objs, s.background)))
+    by_objects = judge_many(pairs)["by_objects"]
+    counts = collections.Counter(len(s.objects) for s in samples[:120])
+    assert {k: v["n"] for k, v in by_objects.items()} == dict(counts) and set(counts) == {1, 2, 3}
+    assert by_objects[1]["all"] == 0.0 and by_objects[2]["all"] >= 0.9 and by_objects[3]["all"] >= 0.9
+
+
 def test_judge_missing_object_is_false():
     rng = np.random.default_rng(0)
     frames = D.render([], "plain", rng)  # background only

@@ -38,6 +38,8 @@ def run(args) -> int:
         print(f"  {attribute:9s} {100 * scores[attribute]:5.1f} %")
     for size, s in scores["by_size"].items():
         print(f"  {size} objects ({s['n']}): " + ", ".join(f"{a} {100 * s[a]:.1f} %" for a in CORE_ATTRIBUTES))
+    print("  all, by objects per clip: " + ", ".join(f"{k}: {100 * s['all']:.1f} % of {s['n']}"
+                                                    for k, s in scores["by_objects"].items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"scores": scores, "clips": per_clip, "steps": args.steps,

@@ -341,14 +341,19 @@ def aggregate(verdicts: Iterable[dict]) -> dict:
     once), ``all`` per *video* (every core attribute of every object right),
     and ``video_<attr>`` per-video versions of each attribute; ``by_size``: the
     per-object accuracies of small and large objects apart (with their count ``n``),
-    since small shapes are the hardest to draw; plus counts ``n_videos``,
-    ``n_objects`` and ``correct`` (number right per key).
+    since small shapes are the hardest to draw; ``by_objects``: ``all`` and the
+    number of videos per object count (a video is only right if every object is);
+    plus counts ``n_videos``, ``n_objects`` and ``correct`` (number right per key).
     """
     vid_ok = {a: 0 for a in ATTRIBUTES + ("all",)}
     size_ok = {z: {a: 0 for a in ATTRIBUTES + ("n",)} for z in SIZES}
     n_videos = 0
+    by_count: dict[int, list[int]] = {}  # objects in the caption -> [videos right, videos]
     for r in verdicts:
         n_videos += 1
+        counts = by_count.setdefault(len(r["objects"]), [0, 0])
+        counts[0] += bool(r["all"])
+        counts[1] += 1
         for a in vid_ok:
             vid_ok[a] += bool(r[a])
         for o in r["objects"]:
@@ -363,6 +368,7 @@ def aggregate(verdicts: Iterable[dict]) -> dict:
     for a in ATTRIBUTES:
         out[f"video_{a}"] = vid_ok[a] / max(n_videos, 1)
     out["by_size"] = {z: {**{a: c[a] / max(c["n"], 1) for a in ATTRIBUTES}, "n": c["n"]} for z, c in size_ok.items()}
+    out["by_objects"] = {k: {"all": right / n, "n": n} for k, (right, n) in sorted(by_count.items())}
     out["n_videos"] = n_videos
     out["n_objects"] = n_objects
     out["correct"] = {**obj_ok, "all": vid_ok["all"]}
