@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     from sencache.demo_model import load_pipeline
     from sencache.demo_model.build import round_trip
     from sencache.demo_model.data import SIZE_PX, dataset_prompts, parse_caption, render, sizes_option
-    from sencache.demo_model.judge import CORE_ATTRIBUTES, judge_many
+    from sencache.demo_model.judge import CORE_ATTRIBUTES, breakdown_lines, judge_many
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -50,10 +50,7 @@ def main(argv=None) -> None:
         s = judge_many(pairs)
         print(f"{name}: {s['n_videos']} clips, {s['n_objects']} objects")
         print("  " + ", ".join(f"{a} {100 * s[a]:.1f} %" for a in (*CORE_ATTRIBUTES, "all")))
-        for size, z in s["by_size"].items():
-            print(f"  {size} objects ({z['n']}): " + ", ".join(f"{a} {100 * z[a]:.1f} %" for a in CORE_ATTRIBUTES))
-        print("  all, by objects per clip: " + ", ".join(f"{k}: {100 * z['all']:.1f} % of {z['n']}"
-                                                        for k, z in s["by_objects"].items()))
+        print("\n".join(breakdown_lines(s)))
 
 
 if __name__ == "__main__":

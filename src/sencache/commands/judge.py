@@ -15,7 +15,7 @@ from tqdm import tqdm
 def run(args) -> int:
     from ..demo_model import load_pipeline
     from ..demo_model.data import dataset_prompts
-    from ..demo_model.judge import CORE_ATTRIBUTES, aggregate, clip_summary, judge_video
+    from ..demo_model.judge import CORE_ATTRIBUTES, aggregate, breakdown_lines, clip_summary, judge_video
     from ..generation import generate
 
     import torch
@@ -36,10 +36,7 @@ def run(args) -> int:
     print(f"{scores['n_videos']} clips ({len(prompts)} prompts x {len(seeds)} seeds), {scores['n_objects']} objects")
     for attribute in (*CORE_ATTRIBUTES, "all"):
         print(f"  {attribute:9s} {100 * scores[attribute]:5.1f} %")
-    for size, s in scores["by_size"].items():
-        print(f"  {size} objects ({s['n']}): " + ", ".join(f"{a} {100 * s[a]:.1f} %" for a in CORE_ATTRIBUTES))
-    print("  all, by objects per clip: " + ", ".join(f"{k}: {100 * s['all']:.1f} % of {s['n']}"
-                                                    for k, s in scores["by_objects"].items()))
+    print("\n".join(breakdown_lines(scores)))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"scores": scores, "clips": per_clip, "steps": args.steps,

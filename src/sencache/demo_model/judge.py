@@ -375,4 +375,13 @@ def aggregate(verdicts: Iterable[dict]) -> dict:
     return out
 
 
-__all__ = ["judge_video", "judge_many", "aggregate", "clip_summary", "analyse_object", "ATTRIBUTES", "CORE_ATTRIBUTES"]
+def breakdown_lines(scores: dict) -> list[str]:
+    """The per-size and per-object-count lines of an :func:`aggregate` result, as the judge commands print them."""
+    lines = [f"  {size} objects ({z['n']}): " + ", ".join(f"{a} {100 * z[a]:.1f} %" for a in CORE_ATTRIBUTES)
+             for size, z in scores["by_size"].items()]
+    lines.append("  all, by objects per clip: "
+                 + ", ".join(f"{k}: {100 * z['all']:.1f} % of {z['n']}" for k, z in scores["by_objects"].items()))
+    return lines
+
+
+__all__ = ["judge_video", "breakdown_lines", "judge_many", "aggregate", "clip_summary", "analyse_object", "ATTRIBUTES", "CORE_ATTRIBUTES"]
