@@ -172,3 +172,33 @@ def test_small_px_reaches_the_training_batches_and_bad_sizes_are_refused(tmp_pat
         with pytest.raises(SystemExit):
             parse_args(["--vae", str(vae_dir), "--small-px", bad])
         assert "--small-px" in capsys.readouterr().err
+
+
+def test_objects_mix_reweighs_the_training_clips_only_and_bad_mixes_are_refused(vae_dir, capsys):
+    """The seventh stage trained on more crowded clips: --objects-mix must reach the batches; the judge's and the
+    prompt lists' distribution (data.N_OBJECTS_WEIGHTS) must not move."""
+    from sencache.demo_model import data
+    from sencache.demo_model.train import make_batch
+
+    def object_counts(mix, steps=12):
+        counts = [0, 0, 0]
+        for step in range(steps):
+            for caption in make_batch(step, 0, 16, objects_mix=mix)[1]:
+                if caption:  # caption dropout leaves some empty
+                    counts[len(data.parse_caption(caption)[0]) - 1] += 1
+        return counts
+
+    default = parse_args(["--vae", str(vae_dir)]).objects_mix
+    assert default == data.N_OBJECTS_WEIGHTS == (0.6, 0.3, 0.1)
+    crowded = parse_args(["--vae", str(vae_dir), "--objects-mix", "0,1,3"]).objects_mix
+    assert crowded == (0.0, 0.25, 0.75)
+    one, two, three = object_counts(crowded)
+    assert one == 0 and two > 20 and three > 2 * two
+    one, two, three = object_counts(default)
+    assert one > two > three > 0
+    prompts = data.dataset_prompts(400, 0)
+    assert sum(len(data.parse_caption(p)[0]) == 1 for p in prompts) > 200  # 60 % of 400, untouched by the option
+    for bad in ("1,2", "-1,1,1", "0,0,0", "a,b,c", "nan,1,1"):
+        with pytest.raises(SystemExit):
+            parse_args(["--vae", str(vae_dir), "--objects-mix", bad])
+        assert "--objects-mix" in capsys.readouterr().err

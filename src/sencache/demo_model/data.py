@@ -31,9 +31,10 @@ a preview grid.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -64,7 +65,8 @@ SPEED_PX = {"still": 0.0, "slowly": 0.6, "normal": 1.2, "fast": 2.4}
 DIRECTION_VEC = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
 
-N_OBJECTS_WEIGHTS = (0.6, 0.3, 0.1)  # for 1, 2, 3 objects
+#: share of clips with 1, 2, 3 objects: the training distribution every judge draw and prompt list comes from
+N_OBJECTS_WEIGHTS = (0.6, 0.3, 0.1)
 P_STILL = 0.15
 P_STRIPED = 0.5
 
@@ -184,9 +186,10 @@ def vocabulary() -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def sample_specs(rng: np.random.Generator) -> tuple[list[ObjectSpec], str]:
-    """Draw the scene description: ``(objects, background)``."""
-    n = int(rng.choice(len(N_OBJECTS_WEIGHTS), p=N_OBJECTS_WEIGHTS)) + 1
+def sample_specs(rng: np.random.Generator,
+                 objects_mix: Sequence[float] = N_OBJECTS_WEIGHTS) -> tuple[list[ObjectSpec], str]:
+    """Draw the scene description: ``(objects, background)``; ``objects_mix`` weighs 1, 2 and 3 objects."""
+    n = int(rng.choice(len(objects_mix), p=objects_mix)) + 1
     colours = rng.choice(list(COLORS), size=n, replace=False)
     objects = []
     for colour in colours:
@@ -216,6 +219,21 @@ def sizes_option(text: str) -> dict[str, int]:
         return with_small_size(int(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def objects_mix_option(text: str) -> tuple[float, float, float]:
+    """``--objects-mix A,B,C`` of the training command: how often a training clip has 1, 2, 3 objects.
+
+    Only the training batches see it; evaluation prompts keep :data:`N_OBJECTS_WEIGHTS`. Weights are normalised."""
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers such as 0.4,0.35,0.25; got {text!r}") from None
+    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three non-negative weights for 1, 2, 3 objects, not all zero; "
+                                         f"got {text!r}")
+    total = sum(weights)
+    return tuple(w / total for w in weights)
 
 
 @lru_cache(maxsize=None)
@@ -343,8 +361,9 @@ def render(spec_list: list[ObjectSpec], background: str, rng: np.random.Generato
     return frames
 
 
-def make_sample(rng: np.random.Generator, sizes: Mapping[str, int] = SIZE_PX) -> Sample:
-    objects, background = sample_specs(rng)
+def make_sample(rng: np.random.Generator, sizes: Mapping[str, int] = SIZE_PX,
+                objects_mix: Sequence[float] = N_OBJECTS_WEIGHTS) -> Sample:
+    objects, background = sample_specs(rng, objects_mix)
     frames = render(objects, background, rng, sizes)
     return Sample(frames=frames, caption=caption_for(objects, background), objects=objects, background=background)
 

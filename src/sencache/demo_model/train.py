@@ -34,9 +34,9 @@ CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance ha
 SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
 
 
-def make_batch(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX):
+def make_batch(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX, objects_mix=data.N_OBJECTS_WEIGHTS):
     rng = np.random.default_rng([seed, step])
-    samples = [data.make_sample(rng, sizes) for _ in range(batch_size)]
+    samples = [data.make_sample(rng, sizes, objects_mix) for _ in range(batch_size)]
     frames = np.stack([s.frames for s in samples])
     captions = [s.caption if rng.random() >= CAPTION_DROPOUT else "" for s in samples]
     return frames, captions
@@ -147,7 +147,7 @@ def train(args) -> Path:
             while step < min(args.steps, args.stop_at or args.steps) and time.time() < deadline:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-                frames, captions = make_batch(step, args.seed, args.batch_size, args.sizes)
+                frames, captions = make_batch(step, args.seed, args.batch_size, args.sizes, args.objects_mix)
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
                 loss = flow_matching_loss(pipe, frames, captions, gen)
                 opt.zero_grad(set_to_none=True)
@@ -185,6 +185,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--small-px", dest="sizes", type=data.sizes_option, default=str(data.SIZE_PX["small"]), metavar="N",
                    help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
+    p.add_argument("--objects-mix", type=data.objects_mix_option, default=data.N_OBJECTS_WEIGHTS, metavar="A,B,C",
+                   help="weights of 1, 2 and 3 objects in the training clips (default: the training distribution, "
+                        "%s); the seventh stage used 0.4,0.35,0.25 to train more on crowded clips"
+                        % ",".join(map(str, data.N_OBJECTS_WEIGHTS)))
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
