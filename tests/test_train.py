@@ -163,6 +163,29 @@ def test_init_from_starts_a_second_stage_from_a_saved_pipeline_and_refuses_anoth
                                                    '{"num_layers": 2}'))
 
 
+def test_grow_starts_a_deeper_model_that_computes_what_the_saved_one_did(tmp_path, vae_dir):
+    from diffusers import WanPipeline
+
+    from sencache.demo_model.build import encode_text
+    from sencache.errors import SenCacheError
+
+    first = run(tmp_path / "first", 2, vae_dir, extra=("--seed", "3"))
+    deeper = ("--init-from", str(first), "--lr", "0", "--transformer-overrides", '{"num_layers": 9}',
+              "--text-encoder-overrides", '{"num_layers": 3, "relative_attention_num_buckets": 32}')
+    with pytest.raises(SenCacheError, match="--grow"):
+        run(tmp_path / "refused", 1, vae_dir, extra=deeper)
+    grown = run(tmp_path / "grown", 1, vae_dir, extra=(*deeper, "--grow"))
+    old, new = WanPipeline.from_pretrained(first), WanPipeline.from_pretrained(grown)
+    assert (len(new.transformer.blocks), new.text_encoder.config.num_layers) == (9, 3)
+    with torch.no_grad():
+        texts = [encode_text(p.tokenizer, p.text_encoder, ["a red circle moving left and a blue square moving up "
+                                                          "on a plain background"]) for p in (old, new)]
+        x = torch.randn(1, 8, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+        outs = [p.transformer(x, torch.tensor([400.0]), t, return_dict=False)[0] for p, t in zip((old, new), texts)]
+    assert torch.allclose(texts[0], texts[1], atol=1e-6)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
 def test_small_px_reaches_the_training_batches_and_bad_sizes_are_refused(tmp_path, vae_dir, capsys):
     """The shipped model's earlier stages trained on 7 px small objects: --small-px must change what is trained on."""
     run(tmp_path / "default", 1, vae_dir)

@@ -84,11 +84,11 @@ def build_tokenizer(words: list[str]):
     )
 
 
-def build_text_encoder(vocab_size: int, seed: int = 0):
+def build_text_encoder(vocab_size: int, seed: int = 0, **overrides):
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, **TEXT_ENCODER_CONFIG))
+    return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, **{**TEXT_ENCODER_CONFIG, **overrides}))
 
 
 def build_transformer(seed: int = 0, **overrides):
@@ -111,14 +111,14 @@ def build_scheduler():
     return UniPCMultistepScheduler(**SCHEDULER_CONFIG)
 
 
-def build_pipeline(words: list[str], seed: int = 0, vae=None, **transformer_overrides):
+def build_pipeline(words: list[str], seed: int = 0, vae=None, text_encoder_overrides=None, **transformer_overrides):
     """A complete demo WanPipeline with an untrained transformer and text encoder (and VAE, unless given)."""
     from diffusers import WanPipeline
 
     tokenizer = build_tokenizer(words)
     return WanPipeline(
         tokenizer=tokenizer,
-        text_encoder=build_text_encoder(len(tokenizer), seed=seed),
+        text_encoder=build_text_encoder(len(tokenizer), seed=seed, **(text_encoder_overrides or {})),
         transformer=build_transformer(seed=seed, **transformer_overrides),
         vae=vae if vae is not None else build_vae(seed=seed),
         scheduler=build_scheduler(),

@@ -60,13 +60,15 @@ def trainable_modules(pipe):
     return torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
 
 
-def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str) -> None:
+def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str, grow: bool = False) -> None:
     """Start from the transformer and text encoder of a saved demo pipeline (a second training stage goes on
-    from the first one's EMA weights). Their configs must be the ones this run builds."""
+    from the first one's EMA weights). Their configs must be the ones this run builds, unless ``grow``: then
+    this run's may add layers (and text-encoder buckets), started so that the model computes what it did."""
     from diffusers import WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
     from ..errors import SenCacheError
+    from .grow import grow_from
 
     loaded = {
         "transformer": WanTransformer3DModel.from_pretrained(folder, subfolder="transformer"),
@@ -74,13 +76,17 @@ def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str) -> None:
     }
     for name, source in loaded.items():
         target = modules[name]
+        if grow:
+            grow_from(target, source)
+            continue
         shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
         theirs, ours = shapes(source), shapes(target)
         if theirs != ours:
             differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
             raise SenCacheError(f"--init-from {folder}: its {name} does not have this run's architecture "
                                 f"({len(differ)} tensors differ, e.g. {differ[0]}); pass the same "
-                                "--transformer-overrides it was trained with")
+                                "--transformer-overrides / --text-encoder-overrides it was trained with, "
+                                "or --grow to start a larger model from it")
         target.load_state_dict(source.state_dict())
 
 
@@ -104,13 +110,15 @@ def train(args) -> Path:
     # JSON has no tuples; diffusers configs (patch_size) use them
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in json.loads(args.transformer_overrides or "{}").items()}
+    text_overrides = json.loads(args.text_encoder_overrides or "{}")
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan.from_pretrained(args.vae).eval().requires_grad_(False)
-    pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, **overrides).to(args.device)
+    pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, text_encoder_overrides=text_overrides,
+                          **overrides).to(args.device)
     modules = trainable_modules(pipe)
     if args.init_from:
-        init_from_pipeline(modules, args.init_from)
+        init_from_pipeline(modules, args.init_from, grow=args.grow)
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     start = 0
@@ -199,11 +207,17 @@ def parse_args(argv=None):
     p.add_argument("--transformer-overrides", default=None, metavar="JSON",
                    help='transformer config entries to change (default: build.TRANSFORMER_CONFIG), '
                         'e.g. \'{"num_layers": 4, "patch_size": [2, 4, 4]}\'')
+    p.add_argument("--text-encoder-overrides", default=None, metavar="JSON",
+                   help='text encoder (UMT5) config entries to change (default: build.TEXT_ENCODER_CONFIG), '
+                        'e.g. \'{"num_layers": 4, "relative_attention_num_buckets": 32}\'')
     p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
                    help="stop after this step, keeping the LR schedule of --steps (resume later to go on)")
     p.add_argument("--init-from", default=None, metavar="PIPELINE",
                    help="start the transformer and text encoder (and their EMA) from a saved demo pipeline "
                         "instead of random weights, e.g. the shipped model for a second training stage")
+    p.add_argument("--grow", action="store_true",
+                   help="with --init-from: this run's overrides may add layers or text-encoder buckets; the "
+                        "new layers start as identities, so the larger model first computes what the old one did")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)
