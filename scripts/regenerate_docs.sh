@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure every README number that belongs to the shipped demo model, after scripts/ship_demo_model.sh
 # replaced it: the demo's thresholds and table, the judge, the word effect, the samples GIF, the NFE spread,
-# the method comparison, the audit, the benchmarks and the README's quick-start output. About 45 minutes on 2 cores; run it alone.
+# the method comparison, the audit, the benchmarks and the README's quick-start output. About 50 minutes on 2 cores; run it alone.
 #   bash scripts/regenerate_docs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +16,10 @@ $S judge --seeds 2 --out docs/judge.json
 # more draws: the default one holds fewer multi-object clips than the training data
 $S judge --prompts 16 --prompt-seed 778 --first-seed 20000 --seeds 2 --out docs/judge_778.json
 $S judge --prompts 32 --prompt-seed 779 --first-seed 30000 --seeds 2 --out docs/judge_779.json
-# the fresh draws of the sixth and seventh stages (96 captions each, one seed)
+# the fresh draws of the sixth, seventh and eighth stages (96 captions each, one seed)
 $S judge --prompts 96 --prompt-seed 780 --first-seed 40000 --seeds 1 --out docs/judge_780.json
 $S judge --prompts 96 --prompt-seed 781 --first-seed 50000 --seeds 1 --out docs/judge_781.json
+$S judge --prompts 96 --prompt-seed 782 --first-seed 60000 --seeds 1 --out docs/judge_782.json
 $S judge --word-effect "a large red circle moving left on a plain background" --seeds 2 --steps 30 \
   --out docs/word_effect.json
 .venv/bin/python scripts/demo_samples_gif.py --out docs/samples.gif
