@@ -32,7 +32,8 @@ def _layer_of(name: str) -> int | None:
 
 
 def _layer_count(names) -> int:
-    return 1 + max((_layer_of(n) for n in names if _layer_of(n) is not None), default=-1)
+    layers = [layer for layer in map(_layer_of, names) if layer is not None]
+    return 1 + max(layers, default=-1)
 
 
 def _bucket_map(target: torch.nn.Module, source: torch.nn.Module, seq_len: int) -> dict[int, int]:
