@@ -20,6 +20,7 @@ $S judge --prompts 32 --prompt-seed 779 --first-seed 30000 --seeds 2 --out docs/
 $S judge --prompts 96 --prompt-seed 780 --first-seed 40000 --seeds 1 --out docs/judge_780.json
 $S judge --prompts 96 --prompt-seed 781 --first-seed 50000 --seeds 1 --out docs/judge_781.json
 $S judge --prompts 96 --prompt-seed 782 --first-seed 60000 --seeds 1 --out docs/judge_782.json
+$S judge --prompts 96 --prompt-seed 783 --first-seed 70000 --seeds 1 --out docs/judge_783.json
 $S judge --word-effect "a large red circle moving left on a plain background" --seeds 2 --steps 30 \
   --out docs/word_effect.json
 .venv/bin/python scripts/demo_samples_gif.py --out docs/samples.gif
