@@ -47,12 +47,11 @@ next_stage "$STAGE4" "$STAGE3" 3 --steps 6000 --stop-at 5424
 next_stage "$STAGE5" "$STAGE4" 4 --steps 5000 --stop-at 4771
 next_stage "$STAGE6" "$STAGE5" 5 --steps 4500 --stop-at 3260
 next_stage "$STAGE7" "$STAGE6" 6 --steps 3800 --stop-at 3648 --objects-mix 0.4,0.35,0.25
-next_stage "$STAGE8" "$STAGE7" 7 --steps 4800 --stop-at 4715 --objects-mix 0.4,0.35,0.25 --grow \
-  --transformer-overrides '{"num_layers": 10}' \
-  --text-encoder-overrides '{"num_layers": 4, "relative_attention_num_buckets": 32}'
-next_stage "$STAGE9" "$STAGE8" 8 --steps 4300 --stop-at 3536 --objects-mix 0.35,0.4,0.25 \
-  --transformer-overrides '{"num_layers": 10}' \
-  --text-encoder-overrides '{"num_layers": 4, "relative_attention_num_buckets": 32}'
+# the architecture from stage eight on (stage eight grows into it, later stages must name it to load it)
+GROWN=(--transformer-overrides '{"num_layers": 10}'
+       --text-encoder-overrides '{"num_layers": 4, "relative_attention_num_buckets": 32}')
+next_stage "$STAGE8" "$STAGE7" 7 --steps 4800 --stop-at 4715 --objects-mix 0.4,0.35,0.25 --grow "${GROWN[@]}"
+next_stage "$STAGE9" "$STAGE8" 8 --steps 4300 --stop-at 3536 --objects-mix 0.35,0.4,0.25 "${GROWN[@]}"
 rm -rf "$W" && mkdir -p "$W" && cp -r "$STAGE9/pipeline/." "$W/"
 # one loss curve for all stages: each stage's steps continue the previous stages' count
 $PY - "$RUN/loss.csv" "$STAGE2/loss.csv" "$STAGE3/loss.csv" "$STAGE4/loss.csv" "$STAGE5/loss.csv" \
