@@ -4,7 +4,7 @@
 
 Issue #4 asks that one uncached generation at the demo settings (50 steps with CFG: 100 transformer calls)
 take ≤ 20 s on 2 CPU cores and that the transformer be ≥ 80 % of that time, so that skipped steps show in wall
-time. The script generates ``--reps`` times through ``sencache.generation.generate`` (the path every command
+time. The script generates ``--reps`` times through ``sencache.runtime.generation.generate`` (the path every command
 takes) and times the transformer calls, the text encoder and the VAE decode (each method wrapped for the run);
 whatever is left is the pipeline's own work (latent set-up, scheduler, CFG combination, post-processing).
 """
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     common.set_threads(args.threads)
     steps, reps = (4, 1) if args.quick else (args.steps, args.reps)
     pipe, model = common.load_model("tiny" if args.quick else "demo")
-    from sencache.generation import generate
+    from sencache.runtime.generation import generate
 
     generate(pipe, common.PROMPT, 0, num_inference_steps=2)  # warm-up: first-call allocations are not the cost
     runs = []

@@ -5,7 +5,7 @@
 For each model size the script generates with SenCache on and, at every step's end (the pipeline's
 ``callback_on_step_end``), reads the live cache state of the session:
 
-* per branch (``session.gen.residual`` / ``encoder_residual`` / ``has_residual``): the block-stack residual
+* per branch (``session.cache_state()``: ``residual`` / ``encoder_residual`` / ``has_residual``): the block-stack residual
   of the video stream (B × tokens × hidden), the text-stream residual if the blocks return one, flags;
 * shared by the branches (the rule state: ``x_ref``, a copy of the latent at the last refresh, and the
   per-sample reference numbers).
@@ -97,12 +97,13 @@ def _bytes(tensors, device=None) -> int:
 
 def snapshot(session, compute_device: str) -> dict:
     """Bytes of the session's live cache state, per branch and shared."""
-    gen = session.gen
+    state = session.cache_state()
+    residual, encoder_residual, has_residual = state["residual"], state["encoder_residual"], state["has_residual"]
     branches = {}
-    for branch in sorted(set(gen.residual) | set(gen.encoder_residual) | set(gen.has_residual)):
-        parts = {"residual": _tensors(gen.residual.get(branch)),
-                 "encoder_residual": _tensors(gen.encoder_residual.get(branch)),
-                 "flags": _tensors(gen.has_residual.get(branch))}
+    for branch in sorted(set(residual) | set(encoder_residual) | set(has_residual)):
+        parts = {"residual": _tensors(residual.get(branch)),
+                 "encoder_residual": _tensors(encoder_residual.get(branch)),
+                 "flags": _tensors(has_residual.get(branch))}
         everything = [t for ts in parts.values() for t in ts]
         branches[branch] = {
             **{f"{k}_bytes": _bytes(v) for k, v in parts.items()},
@@ -110,17 +111,17 @@ def snapshot(session, compute_device: str) -> dict:
             "on_compute_device_bytes": _bytes(everything, compute_device),
             "devices": sorted({t.device.type for t in everything}),
         }
-    rule_state = _tensors(gen.rule_state)
-    shared = rule_state + _tensors(gen.reuse_run)
-    x_ref = getattr(gen.rule_state, "x_ref", None)
+    rule_state = _tensors(state["rule_state"])
+    shared = rule_state + _tensors(state["reuse_run"])
+    x_ref = getattr(state["rule_state"], "x_ref", None)
     return {
         "branches": branches,
         "shared_bytes": _bytes(shared),
         "shared_on_compute_device_bytes": _bytes(shared, compute_device),
         "x_ref_bytes": _bytes([x_ref]) if isinstance(x_ref, torch.Tensor) else 0,
-        "total_bytes": _bytes([t for b in branches for t in (_tensors(gen.residual.get(b)) +
-                                                              _tensors(gen.encoder_residual.get(b)) +
-                                                              _tensors(gen.has_residual.get(b)))] + shared),
+        "total_bytes": _bytes([t for b in branches for t in (_tensors(residual.get(b)) +
+                                                              _tensors(encoder_residual.get(b)) +
+                                                              _tensors(has_residual.get(b)))] + shared),
     }
 
 
@@ -142,8 +143,8 @@ def _merge_max(a: dict | None, b: dict) -> dict:
 
 
 def measure_state(pipe, profile, steps: int, offload: bool) -> dict:
-    from sencache.generation import generate
-    from sencache.methods import quiet_sencache
+    from sencache.runtime.generation import generate
+    from sencache.adapter.hooks import quiet_sencache
 
     device = next(pipe.transformer.parameters()).device.type
     session = enable(pipe, make_config(profile, offload), offload)
@@ -215,8 +216,8 @@ def rss_child(variant: str, size: str, steps: int, model_dir=None) -> dict:
 
     import sencache
     from bench_overhead import synthetic_profile
-    from sencache.generation import generate
-    from sencache.methods import quiet_sencache
+    from sencache.runtime.generation import generate
+    from sencache.adapter.hooks import quiet_sencache
 
     pipe, _ = common.load_model(size, model_dir)
     profile = synthetic_profile(pipe, steps)

@@ -93,7 +93,7 @@ class HookTimer:
     """Times the hook code of one live CacheSession (see the module docstring). Undo with :meth:`remove`."""
 
     def __init__(self, session):
-        from sencache.hooks import BLOCK_HOOK, MODEL_HOOK
+        from sencache.adapter.hooks import BLOCK_HOOK, MODEL_HOOK
 
         self.session = session
         transformer = session.transformer
@@ -195,7 +195,7 @@ def synthetic_profile(pipe, steps: int):
     import copy
 
     from sencache import SensitivityProfile
-    from sencache.profile import model_class_name
+    from sencache.core.profile import model_class_name
 
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(steps)
@@ -208,7 +208,7 @@ def measure_size(size: str, steps: int, budget_s: float, min_reps: int, max_reps
                  floor: float, wrap_cost: float, model_dir=None, profile_path=None) -> dict:
     import sencache
     from sencache import SenCacheConfig
-    from sencache.methods import quiet_sencache
+    from sencache.adapter.hooks import quiet_sencache
 
     pipe, info = common.load_model(size, model_dir)
     transformer = pipe.transformer

@@ -2,13 +2,13 @@
 
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_peers.py
 
-Runs :func:`sencache.compare.compare` on the demo model (the shipped one when present) with SenCache,
+Runs :func:`sencache.harness.compare.compare` on the demo model (the shipped one when present) with SenCache,
 MagCache, TeaCache (ours, calibrated here on held-out calibration prompts unless the shipped
 ``baselines.json`` matches the step count), diffusers' FirstBlockCache, SeaCache and TaylorSeer, and
 cache-dit's DBCache (when ``cache_dit`` imports; ``run_all.sh`` installs ``cache-dit==1.5.3`` into the venv
 for this benchmark only, and the output says why when it is missing or fails). Every method runs at its
 registry default setting (``--sweep`` for each method's threshold sweep). NFE is counted by
-:class:`sencache.methods.StepCounter` (independent of every cache), PSNR/SSIM/LPIPS are against the
+:class:`sencache.harness.counter.StepCounter` (independent of every cache), PSNR/SSIM/LPIPS are against the
 uncached frames of the same prompt and seed, wall time is the pipeline call. ``--repeats N`` runs the whole
 comparison N times and reports the median wall time (fidelity and NFE are deterministic and must agree).
 An uncached re-run is in the table as the timing noise floor.
@@ -33,7 +33,7 @@ INSTALL_LOG = common.RESULTS_DIR / "cache_dit_install.log"
 def cache_dit_status() -> dict:
     """Whether cache-dit imports here, its version, and why not."""
     try:
-        from sencache.methods import _import_cache_dit
+        from sencache.harness.methods import _import_cache_dit
 
         mod = _import_cache_dit()
         return {"available": True, "version": getattr(mod, "__version__", None), "reason": None}
@@ -49,8 +49,9 @@ def cache_dit_status() -> dict:
 
 def preflight(pipe, method: str, ctx, steps: int) -> str | None:
     """Run ``method`` once for 2 steps; return why it fails on this machine, or None."""
-    from sencache.generation import generate
-    from sencache.methods import get_method, quiet_sencache
+    from sencache.runtime.generation import generate
+    from sencache.harness.methods import get_method
+    from sencache.adapter.hooks import quiet_sencache
 
     try:
         with get_method(method).apply(pipe, None, ctx), quiet_sencache():
@@ -62,7 +63,7 @@ def preflight(pipe, method: str, ctx, steps: int) -> str | None:
 
 
 def load_baselines(pipe, info, profile_path, steps, guidance, with_diffusers_magcache: bool):
-    from sencache.baseline_calibration import Baselines, calibrate_baselines, default_baselines_path
+    from sencache.calibration.baselines import Baselines, calibrate_baselines, default_baselines_path
     from sencache.demo_model import DEFAULT_PROFILE
 
     if info["source"] == "shipped" or profile_path:  # baselines.json sits next to the model's own profile
@@ -135,9 +136,9 @@ def main(argv=None) -> dict:
     common.set_threads(args.threads)
     started = time.perf_counter()
 
-    from sencache.baseline_calibration import default_evaluation_prompts
-    from sencache.compare import compare
-    from sencache.methods import MethodContext, get_method
+    from sencache.demo_model.prompts import default_evaluation_prompts
+    from sencache.harness.compare import compare
+    from sencache.harness.methods import MethodContext, get_method
 
     for m in args.methods:
         get_method(m)

@@ -3,7 +3,7 @@
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_speedup.py
 
 On the demo model (the shipped one when present) one prompt and seed are generated uncached and with
-SenCache at several budgets (``SenCacheConfig(target_nfe=N)``; ``--eps`` for fixed thresholds), repeated
+SenCache at several budgets (``sencache.budget.with_target(config, target_nfe=N)``; ``--eps`` for fixed thresholds), repeated
 ``--reps`` times with the order rotated each repetition. In the same run, interleaved with those generations,
 the script measures
 
@@ -89,7 +89,7 @@ class CallTimer:
 
 
 def text_encoding_seconds(pipe, prompt: str) -> float:
-    from sencache.generation import default_call_kwargs
+    from sencache.runtime.call_defaults import call_defaults as default_call_kwargs
 
     max_len = default_call_kwargs(pipe).get("max_sequence_length", 226)
     start = time.perf_counter()
@@ -102,8 +102,9 @@ def make_configs(profile, steps: int, eps_values, fractions, notes: list) -> lis
     """(label, SenCacheConfig, setting) for each budget; budget mode falls back to fixed eps when the profile
     holds no calibration trajectories."""
     from sencache import SenCacheConfig
+    from sencache.core.budget import with_target
     from sencache.errors import SenCacheError
-    from sencache.methods import SENCACHE_FINAL_STEPS, SENCACHE_MAX_REUSE
+    from sencache.harness.methods import SENCACHE_FINAL_STEPS, SENCACHE_MAX_REUSE
 
     kw = dict(max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS)
     out = []
@@ -111,7 +112,7 @@ def make_configs(profile, steps: int, eps_values, fractions, notes: list) -> lis
         try:
             for f in fractions:
                 target = max(1.0, round(f * steps, 1))
-                cfg = SenCacheConfig(profile, target_nfe=target, **kw)
+                cfg = with_target(SenCacheConfig(profile, **kw), target_nfe=target)
                 out.append((f"target NFE {target:g}", cfg, {"target_nfe": target, "eps": cfg.eps}))
         except SenCacheError as exc:
             notes.append(f"budget mode unavailable ({exc}); used fixed eps {list(FALLBACK_EPS)}")
@@ -147,9 +148,9 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     import sencache
-    from sencache.baseline_calibration import default_evaluation_prompts
-    from sencache.generation import generate
-    from sencache.methods import quiet_sencache
+    from sencache.demo_model.prompts import default_evaluation_prompts
+    from sencache.runtime.generation import generate
+    from sencache.adapter.hooks import quiet_sencache
 
     pipe, info = common.load_model(args.size, args.model)
     if args.steps is None:

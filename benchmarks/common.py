@@ -74,7 +74,7 @@ def load_model(size: str = "demo", model_dir: str | None = None, seed: int = 0, 
         raise SystemExit(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
     if size == "demo" and not overrides and (model_dir is not None or shipped_model_present()):
         from sencache.demo_model import DEFAULT_MODEL_DIR
-        from sencache.loading import load_pipeline
+        from sencache.runtime.loading import load_pipeline
 
         path = Path(model_dir) if model_dir is not None else Path(DEFAULT_MODEL_DIR)
         pipe = load_pipeline(path)
@@ -94,7 +94,7 @@ def load_model(size: str = "demo", model_dir: str | None = None, seed: int = 0, 
 
 
 def calibration_prompts(n: int = 2) -> list[str]:
-    from sencache.baseline_calibration import default_calibration_prompts
+    from sencache.demo_model.prompts import default_calibration_prompts
 
     return default_calibration_prompts(n)
 
@@ -103,7 +103,8 @@ def load_profile(pipe, model_info: dict, steps: int, profile_path: str | None = 
                  log: Callable[[str], None] = print) -> tuple[Any, dict]:
     """(profile, info): ``profile_path`` if given, the shipped profile with the shipped model, else a
     fresh ``calibrate(pipe, calibration prompts, num_inference_steps=steps, num_samples=num_samples)``."""
-    from sencache import SensitivityProfile, calibrate
+    from sencache import SensitivityProfile
+    from sencache.calibration.calibrate import calibrate
     from sencache.demo_model import DEFAULT_PROFILE
 
     path = Path(profile_path) if profile_path else None
@@ -144,7 +145,7 @@ def capture_calls(pipe, steps: int, prompt: str = PROMPT, seed: int = 0, guidanc
     ``("uncond")``, with ``step_index``, ``sigma`` and ``num_inference_steps``); the replay sets the same
     contexts, so a hooked replay takes exactly the path it takes inside the pipeline.
     """
-    from sencache.generation import generate
+    from sencache.runtime.generation import generate
 
     transformer = pipe.transformer
     raw: list[tuple[float, dict]] = []

@@ -16,8 +16,8 @@ def main(argv=None) -> None:
     from sencache.demo_model import load_pipeline
     from sencache.demo_model.data import dataset_prompts
     from sencache.demo_model.judge import CORE_ATTRIBUTES, judge_video
-    from sencache.generation import generate
-    from sencache.video import grid_video, write_gif
+    from sencache.runtime.generation import generate
+    from sencache.runtime.video import grid_video, write_gif
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="docs/samples.gif")

@@ -39,7 +39,7 @@ def judge(model: str) -> None:
 
     from sencache.demo_model import data, load_pipeline
     from sencache.demo_model.judge import judge_many
-    from sencache.generation import generate
+    from sencache.runtime.generation import generate
 
     torch.set_num_threads(2)
     pipe = load_pipeline(model)

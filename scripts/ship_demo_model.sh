@@ -67,7 +67,7 @@ w.writeheader()
 w.writerows(rows)
 PYEOF
 # calibration prompts: the same reserved captions the baselines are calibrated on, never evaluated on
-$PY -c "from sencache.baseline_calibration import default_calibration_prompts as p; print('\n'.join(p(8)))" \
+$PY -c "from sencache.demo_model.prompts import default_calibration_prompts as p; print('\n'.join(p(8)))" \
   > "$W/calibration_prompts.txt"
 .venv/bin/sencache calibrate --model "$W" --prompts "$W/calibration_prompts.txt" --steps 50 --samples 8 \
   --target-nfe 25 --out "$W/sencache_profile.json"

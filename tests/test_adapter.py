@@ -84,7 +84,7 @@ def test_wan_branches_share_the_decision_but_not_the_residual():
 
     def snapshot(pipeline, step, timestep, callback_kwargs):
         if step == 3:  # the pipeline resets hook state when it returns, so look inside mid-call
-            seen.update({k: v.clone() for k, v in cache.gen.residual.items()})
+            seen.update({k: v.clone() for k, v in cache.residuals().items()})
         return {}
 
     run(pipe, {"prompt": "a red circle", "callback_on_step_end": snapshot, **wan_kwargs(steps=8)})

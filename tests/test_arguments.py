@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from sencache.arguments import ArgumentReader
+from sencache.adapter.arguments import ArgumentReader
 
 
 class Block:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 
@@ -12,12 +11,14 @@ import torch
 from conftest import tiny_wan
 
 import sencache
+from sencache.core.budget import with_target
 from sencache import SenCacheConfig, SensitivityProfile
-from sencache import audit as aud
+from sencache.harness import audit as aud
+from sencache.harness.ablations import ablations
 from sencache.demo_model.build import pipeline_size_kwargs
-from sencache.generation import generate
+from sencache.runtime.generation import generate
 
-cal = importlib.import_module("sencache.calibrate")
+from sencache.calibration.calibrate import calibrate
 
 SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 10
@@ -32,12 +33,12 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def profile(pipe):
-    return cal.calibrate(pipe, CALIBRATION, num_inference_steps=STEPS, num_samples=2, seed=0, progress=False, **SIZE)
+    return calibrate(pipe, CALIBRATION, num_inference_steps=STEPS, num_samples=2, seed=0, progress=False, **SIZE)
 
 
 @pytest.fixture(scope="module")
 def baselines(pipe):
-    from sencache.baseline_calibration import calibrate_baselines
+    from sencache.calibration.baselines import calibrate_baselines
 
     return calibrate_baselines(pipe, CALIBRATION[:1], [0], STEPS, 5.0, diffusers_magcache=False, progress=False)
 
@@ -123,7 +124,7 @@ def test_audit_leaves_the_cached_output_alone_and_measures_the_real_error(pipe, 
 
 
 def test_audit_all_methods_writes_table_and_scatter(pipe, profile, baselines, tmp_path):
-    config = SenCacheConfig(profile, target_nfe=6)
+    config = with_target(SenCacheConfig(profile), target_nfe=6)
     result = aud.audit(pipe, HELD_OUT, [0], config, baselines=baselines, num_inference_steps=STEPS, out_dir=tmp_path,
                        progress=False, values={"magcache": 0.5, "teacache": 0.5}, call_kwargs=SIZE)
     assert set(result["stats"]) == {"sencache", "magcache", "teacache"}
@@ -139,7 +140,7 @@ def test_audit_all_methods_writes_table_and_scatter(pipe, profile, baselines, tm
 
 
 def test_ablations_table_and_plot(pipe, profile, tmp_path):
-    result = aud.ablations(pipe, profile, HELD_OUT[:1], [0], num_inference_steps=STEPS, eps=1e3, n_values=(1, 3),
+    result = ablations(pipe, profile, HELD_OUT[:1], [0], num_inference_steps=STEPS, eps=1e3, n_values=(1, 3),
                            eps_values=(0.0, 1e3), use_lpips=False, out_dir=tmp_path, progress=False, call_kwargs=SIZE)
     rows = {(r["ablation"], r["value"]): r for r in result["rows"]}
     # with eps huge, n alone sets the pattern: n=1 computes every other step, n=3 one step in four

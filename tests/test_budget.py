@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -13,14 +12,20 @@ import torch
 from conftest import flat_profile, tiny_wan
 
 import sencache
+from sencache.core.budget import with_target
 from sencache import SenCacheConfig, SenCacheError, SensitivityProfile
-from sencache import budget as bud
+from sencache.calibration.correction import calibrate_correction
+from sencache.core.budget import recommend, recommended_eps
+from sencache.core.replay import simulate, simulate_sample
+from sencache.core.trajectories import pack_distances, trajectories_of, trajectory_metadata, unpack_distances
+from sencache.harness.runner import cached_nfe as measure_nfe
+from sencache.harness.variants import compare_schedules, measure_transfer, schedules_table
 from sencache.demo_model.build import pipeline_size_kwargs
-from sencache.generation import generate
-from sencache.rules.base import StepInput
-from sencache.rules.sencache import SCHEDULE_PRESETS, EpsSchedule
+from sencache.runtime.generation import generate
+from sencache.core.rules.base import StepInput
+from sencache.core.schedule import SCHEDULE_PRESETS, EpsSchedule
 
-cal = importlib.import_module("sencache.calibrate")  # the module (sencache.calibrate may name the function)
+from sencache.calibration.calibrate import calibrate
 
 SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 16
@@ -35,7 +40,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def profile(pipe):
-    return cal.calibrate(pipe, CALIBRATION, num_inference_steps=STEPS, num_samples=4, seed=0, progress=False, **SIZE)
+    return calibrate(pipe, CALIBRATION, num_inference_steps=STEPS, num_samples=4, seed=0, progress=False, **SIZE)
 
 
 def run_cached(pipe, config, prompt, seed):
@@ -54,41 +59,41 @@ def test_packed_distances_reload_bit_exactly():
     rng = np.random.default_rng(0)
     d = rng.random((7, 7)).astype(np.float32).astype(np.float64)
     d = np.triu(d, 1) + np.triu(d, 1).T
-    rows = bud.pack_distances(d)
+    rows = pack_distances(d)
     text = json.dumps(rows)
-    back = bud.unpack_distances(json.loads(text), 7)
+    back = unpack_distances(json.loads(text), 7)
     assert np.array_equal(back, d)
     assert all(len(r) == 6 - j for j, r in enumerate(rows))
 
 
 def test_calibration_stores_trajectories_that_survive_save_and_load(profile, tmp_path):
-    traj = bud.trajectories_of(profile)
+    traj = trajectories_of(profile)
     assert traj.num_steps == STEPS and len(traj.dist) == 4
     assert traj.timesteps.tolist() == profile.timesteps
     d = traj.dist[0]
     assert np.array_equal(d, d.T) and np.all(np.diag(d) == 0) and np.all(d[np.triu_indices(STEPS, 1)] > 0)
     loaded = SensitivityProfile.load(profile.save(tmp_path / "p.json"))
-    back = bud.trajectories_of(loaded)
+    back = trajectories_of(loaded)
     assert all(np.array_equal(a, b) for a, b in zip(traj.dist, back.dist))
 
 
 def test_profile_without_trajectories_is_refused_with_a_clear_error():
     profile = flat_profile("WanTransformer3DModel")
     with pytest.raises(SenCacheError, match="stores no calibration trajectories.*sencache calibrate"):
-        SenCacheConfig(profile, target_nfe=10)
+        with_target(SenCacheConfig(profile), target_nfe=10)
     with pytest.raises(SenCacheError, match="not both"):
-        SenCacheConfig(profile, target_nfe=10, target_speedup=2)
+        with_target(SenCacheConfig(profile), target_nfe=10, target_speedup=2)
 
 
 # --- the offline rule equals the online rule ----------------------------------------------------
 def test_simulated_scores_equal_the_adapters_exactly_on_a_calibration_trajectory(pipe, profile):
     """max_reuse=0: every step refreshes, the trajectory is the uncached one, and every S is comparable."""
-    traj = bud.trajectories_of(profile)
+    traj = trajectories_of(profile)
     prompt, seed = profile.metadata["prompts"][0], profile.metadata["seeds"][0]
     config = SenCacheConfig(profile, eps=math.inf, max_reuse=0, final_steps=0)
     trace = run_cached(pipe, config, prompt, seed)
     real = {r.step: r.score for r in trace.records if r.branch == "cond"}
-    computed, score = bud.simulate_sample(config, traj.timesteps, traj.dist[0], [math.inf])
+    computed, score = simulate_sample(config, traj.timesteps, traj.dist[0], [math.inf])
     assert computed[:, 0].all()
     assert real[0] is None
     for k in range(1, STEPS):
@@ -98,13 +103,13 @@ def test_simulated_scores_equal_the_adapters_exactly_on_a_calibration_trajectory
 @pytest.mark.parametrize("eps", [0.05, 0.15, 0.3, 0.6, 1.5, 5.0])
 def test_simulation_reproduces_the_adapter_until_the_first_reuse(pipe, profile, eps):
     """Until the first reuse the real latents are the calibration ones, so decisions and S must be identical."""
-    traj = bud.trajectories_of(profile)
+    traj = trajectories_of(profile)
     config = SenCacheConfig(profile, eps=eps)
     for i in range(2):
         prompt, seed = profile.metadata["prompts"][i], profile.metadata["seeds"][i]
         trace = run_cached(pipe, config, prompt, seed)
         real = [r for r in trace.records if r.branch == "cond"]
-        computed, score = bud.simulate_sample(config, traj.timesteps, traj.dist[i], [eps])
+        computed, score = simulate_sample(config, traj.timesteps, traj.dist[i], [eps])
         for r in real:
             assert r.computed == bool(computed[r.step, 0]), (eps, i, r.step)
             if r.step > 0:
@@ -117,8 +122,8 @@ def test_simulate_and_config_agree_on_the_warmup_tie(profile):
     tied = SenCacheConfig(profile, eps=0.4)
     fixed = SenCacheConfig(profile, eps=0.4, eps_start=0.0)
     assert tied.eps_start_tied and not fixed.eps_start_tied
-    assert bud.simulate(tied).nfe <= bud.simulate(fixed).nfe  # eps_start 0 forbids every warm-up reuse
-    assert bud.simulate(tied, eps=0.0).nfe == STEPS
+    assert simulate(tied).nfe <= simulate(fixed).nfe  # eps_start 0 forbids every warm-up reuse
+    assert simulate(tied, eps=0.0).nfe == STEPS
 
 
 # --- the solver -------------------------------------------------------------------------------
@@ -126,13 +131,13 @@ def synthetic_profile(T=12, gap_cost=0.1, jt=0.0):
     """J_x = 1 and D[j][k] = gap_cost·|k − j|: S after a refresh is gap_cost × the gap (plus J_t·|Δt|)."""
     ts = np.linspace(1000, 50, T)
     d = gap_cost * np.abs(np.subtract.outer(np.arange(T), np.arange(T))).astype(np.float32).astype(np.float64)
-    meta = {"trajectories": bud.trajectory_metadata(ts, [d, 1.3 * d])}
+    meta = {"trajectories": trajectory_metadata(ts, [d, 1.3 * d])}
     return SensitivityProfile([0.0, 1000.0], [1.0, 1.0], [jt, jt], model_class="WanTransformer3DModel", **meta)
 
 
 def brute_force_nfe(config, profile, eps):
     """An independent scalar replay of the rule (plain Python, no vectorisation), mean over trajectories."""
-    traj = bud.trajectories_of(profile)
+    traj = trajectories_of(profile)
     T = traj.num_steps
     jx = [float(profile.lookup(t)[0]) for t in traj.timesteps]
     jt = [float(profile.lookup(t)[1]) for t in traj.timesteps]
@@ -170,7 +175,7 @@ def reachable(config, profile, key):
 @pytest.mark.parametrize("target", [4, 6.5, 7, 9])
 def test_solver_picks_the_closest_reachable_nfe(target, schedule):
     profile = synthetic_profile(jt=1e-4)
-    config = SenCacheConfig(profile, target_nfe=target, eps_schedule=schedule)
+    config = with_target(SenCacheConfig(profile, eps_schedule=schedule), target_nfe=target)
     got = config.budget["simulated_nfe"]
     assert got == brute_force_nfe(config, profile, config.eps)
     nfe = reachable(config, profile, schedule)
@@ -186,16 +191,16 @@ def test_solver_picks_the_closest_reachable_nfe(target, schedule):
 
 def test_target_speedup_means_steps_over_speedup():
     profile = synthetic_profile()
-    a = SenCacheConfig(profile, target_speedup=2.0)
-    b = SenCacheConfig(profile, target_nfe=6)
+    a = with_target(SenCacheConfig(profile), target_speedup=2.0)
+    b = with_target(SenCacheConfig(profile), target_nfe=6)
     assert a.budget["target_nfe"] == 6 and a.eps == b.eps
     with pytest.raises(SenCacheError, match="between 1 and"):
-        SenCacheConfig(profile, target_nfe=40)
+        with_target(SenCacheConfig(profile), target_nfe=40)
 
 
 def test_recommend_stores_eps_in_the_profile():
     profile = synthetic_profile()
-    budget = bud.recommend(profile, 7)
+    budget = recommend(profile, 7)
     assert profile.metadata["recommended_eps"] == budget["eps"]
     assert profile.metadata["target_nfe"] == 7
     assert brute_force_nfe(SenCacheConfig(profile), profile, budget["eps"]) == budget["simulated_nfe"]
@@ -203,16 +208,16 @@ def test_recommend_stores_eps_in_the_profile():
 
 @pytest.mark.parametrize("target", [10, 7])
 def test_budget_hits_the_target_within_one_on_held_out_prompts(pipe, profile, target):
-    config = SenCacheConfig(profile, target_nfe=target)
+    config = with_target(SenCacheConfig(profile), target_nfe=target)
     assert config.budget["simulated_nfe"] == target
-    nfes = bud.measure_nfe(pipe, config, HELD_OUT, seeds=[0, 1], num_inference_steps=STEPS, call_kwargs=SIZE)
+    nfes = measure_nfe(pipe, config, HELD_OUT, seeds=[0, 1], num_inference_steps=STEPS, call_kwargs=SIZE)
     assert len(nfes) == 6
     assert all(abs(n - target) <= 1 for n in nfes), nfes
 
 
 def test_measure_transfer_refuses_calibration_prompts(pipe, profile):
     with pytest.raises(SenCacheError, match="also used for the sensitivity profile"):
-        bud.measure_transfer(pipe, profile, [8], CALIBRATION[:1])
+        measure_transfer(pipe, profile, [8], CALIBRATION[:1])
 
 
 # --- ε schedules ------------------------------------------------------------------------------
@@ -242,19 +247,19 @@ def test_schedule_shapes_and_the_rule_threshold(profile):
 def test_recommended_eps_is_solved_again_for_a_profile_of_another_schedule(caplog):
     profile = synthetic_profile(jt=1e-4)
     target = 7
-    bud.recommend(profile, target, eps_schedule="constant")  # as profiles were written before power2
+    recommend(profile, target, eps_schedule="constant")  # as profiles were written before power2
     stored = profile.metadata["recommended_eps"]
     with caplog.at_level(logging.INFO, logger="sencache"):
-        eps = bud.recommended_eps(profile)
-    assert eps != stored and eps == SenCacheConfig(profile, target_nfe=target).eps
+        eps = recommended_eps(profile)
+    assert eps != stored and eps == with_target(SenCacheConfig(profile), target_nfe=target).eps
     assert "solved again for power2" in caplog.text
-    bud.recommend(profile, target)  # the default schedule: the stored value is used as it is
-    assert bud.recommended_eps(profile) == profile.metadata["recommended_eps"] == eps
-    assert bud.recommended_eps(SensitivityProfile([0.0, 1000.0], [1.0, 1.0], [0.0, 0.0]), default=0.1) == 0.1
+    recommend(profile, target)  # the default schedule: the stored value is used as it is
+    assert recommended_eps(profile) == profile.metadata["recommended_eps"] == eps
+    assert recommended_eps(SensitivityProfile([0.0, 1000.0], [1.0, 1.0], [0.0, 0.0]), default=0.1) == 0.1
 
 
 def test_compare_schedules_runs_at_equal_simulated_nfe(pipe, profile):
-    result = bud.compare_schedules(pipe, profile, HELD_OUT[:1], 9, seeds=[0], progress=False,
+    result = compare_schedules(pipe, profile, HELD_OUT[:1], 9, seeds=[0], progress=False,
                                    schedules={"falling": "falling"}, num_inference_steps=STEPS, call_kwargs=SIZE)
     rows = result["variants"]
     assert set(rows) == {"constant", "falling"} and result["baseline"] == "constant"
@@ -262,9 +267,9 @@ def test_compare_schedules_runs_at_equal_simulated_nfe(pipe, profile):
     assert rows["falling"]["eps_schedule"]["name"] == "falling" and rows["constant"]["eps"] != rows["falling"]["eps"]
     assert result["winner"] in rows
     assert result["margin_db"] == rows[result["winner"]]["psnr"] - rows["constant"]["psnr"]
-    assert "winner: **" in bud.schedules_table(result)
+    assert "winner: **" in schedules_table(result)
     with pytest.raises(SenCacheError, match="trajectories have 16 steps"):
-        bud.compare_schedules(pipe, profile, HELD_OUT[:1], 9, num_inference_steps=20, progress=False)
+        compare_schedules(pipe, profile, HELD_OUT[:1], 9, num_inference_steps=20, progress=False)
 
 
 # --- per-sample correction --------------------------------------------------------------------
@@ -318,7 +323,7 @@ def test_correction_off_leaves_the_rule_unchanged(pipe, profile):
 
 def test_correction_normaliser_is_measured_per_gap(pipe, profile):
     p = SensitivityProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
-    info = bud.calibrate_correction(pipe, p, CALIBRATION[:1], [0], STEPS, window=3, progress=False, call_kwargs=SIZE)
+    info = calibrate_correction(pipe, p, CALIBRATION[:1], [0], STEPS, window=3, progress=False, call_kwargs=SIZE)
     table = np.asarray(info["ratio"])
     assert table.shape == (STEPS - 1, 3) and np.all(table > 0)
     config = SenCacheConfig(p, eps=0.3, correction=True)
@@ -342,6 +347,6 @@ def test_cli_calibrate_target_nfe(pipe, tmp_path, capsys):
     assert "budget: eps=" in capsys.readouterr().out
     saved = SensitivityProfile.load(out)
     assert saved.metadata["target_nfe"] == 5
-    assert SenCacheConfig(saved, target_nfe=5).eps == saved.metadata["recommended_eps"]
+    assert with_target(SenCacheConfig(saved), target_nfe=5).eps == saved.metadata["recommended_eps"]
     assert main(["calibrate", "--model", str(model), "--prompts", str(prompts), "--steps", "8",
                  "--out", str(out), "--target-nfe", "9"]) == 2

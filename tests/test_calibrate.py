@@ -10,13 +10,15 @@ import pytest
 import torch
 
 import sencache
-import importlib
 
-cal = importlib.import_module("sencache.calibrate")  # the module; `sencache.calibrate` is the function
+from sencache.calibration.calibrate import calibrate
+from sencache.calibration.secants import SampleCurves, TIMESTEP_UNIT, aggregate, measure_noised, measure_trajectory, smooth_121
+from sencache.calibration.videos import load_video
+from sencache.calibration.wan_target import WanTarget
 from sencache.cli import main
 from sencache.demo_model.build import TEXT_LEN, build_pipeline, build_scheduler, pipeline_size_kwargs
 from sencache.errors import ProfileError, SenCacheError
-from sencache.profile import SensitivityProfile, model_config_hash
+from sencache.core.profile import SensitivityProfile, model_config_hash
 
 WORDS = ["a", "red", "ball", "blue", "box", "moves", "left"]
 PROMPTS = ["a red ball moves left", "a blue box"]
@@ -33,7 +35,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def profile(pipe):
-    return cal.calibrate(pipe, PROMPTS, num_inference_steps=4, num_samples=3, seed=5, progress=False, **SIZE)
+    return calibrate(pipe, PROMPTS, num_inference_steps=4, num_samples=3, seed=5, progress=False, **SIZE)
 
 
 # --- closed form -----------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def test_trajectory_secants_match_closed_form(with_sampler_output):
     sched.set_timesteps(6)
     x0 = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
-    curves = cal.measure_trajectory(f, sched, x0, sampler_output=sampler_output)
+    curves = measure_trajectory(f, sched, x0, sampler_output=sampler_output)
 
     ref = build_scheduler()  # independent replay of the sampler
     ref.set_timesteps(6)
@@ -99,7 +101,7 @@ def test_noised_secants_closed_form():
     x0 = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
     noise = torch.randn(shape, generator=g, dtype=torch.float64)
     seen = []
-    curves = cal.measure_noised(lambda x, t: (seen.append((x, t)), f(x, t))[1], sched, x0, noise)
+    curves = measure_noised(lambda x, t: (seen.append((x, t)), f(x, t))[1], sched, x0, noise)
     np.testing.assert_allclose(curves.jt, [_rms(f.b)] * 5, rtol=1e-5, atol=0)
     sv = torch.linalg.svdvals(f.A)
     assert all(float(sv.min()) - 1e-9 <= v <= float(sv.max()) + 1e-9 for v in curves.jx)
@@ -112,13 +114,13 @@ def test_noised_secants_closed_form():
 
 def test_smoothing_and_aggregate():
     zigzag = [1.0 + 0.3 * (-1) ** k for k in range(8)]
-    smooth = cal.smooth_121(zigzag)
+    smooth = smooth_121(zigzag)
     np.testing.assert_allclose(smooth[1:-1], 1.0, atol=1e-12)  # a step-to-step zig-zag cancels
     ts = [float(t) for t in range(8, 0, -1)]
     ramp = np.arange(1.0, 9.0)
-    samples = [cal.SampleCurves(ts, jx=list(ramp * (i + 1)), jt=[z * (i + 1) for z in zigzag]) for i in range(3)]
-    raw = cal.aggregate(ts, samples, jt_curve="raw")
-    sm = cal.aggregate(ts, samples, jt_curve="smooth")
+    samples = [SampleCurves(ts, jx=list(ramp * (i + 1)), jt=[z * (i + 1) for z in zigzag]) for i in range(3)]
+    raw = aggregate(ts, samples, jt_curve="raw")
+    sm = aggregate(ts, samples, jt_curve="smooth")
     assert raw["timesteps"] == ts
     np.testing.assert_allclose(raw["jx"], 2.0 * ramp)
     np.testing.assert_allclose(raw["jt"], np.array(zigzag) * 2.0)
@@ -127,19 +129,19 @@ def test_smoothing_and_aggregate():
     np.testing.assert_allclose(raw["spread"]["jx_p10"], 1.2 * ramp)
     np.testing.assert_allclose(raw["spread"]["jt_p90"], np.array(zigzag) * 2.8)
     assert raw["spread"]["count"] == [3.0] * 8
-    bad = [cal.SampleCurves(ts, jx=[float("nan")] * 8, jt=[1.0] * 8)]
+    bad = [SampleCurves(ts, jx=[float("nan")] * 8, jt=[1.0] * 8)]
     with pytest.raises(SenCacheError, match="NaN"):
-        cal.aggregate(ts, bad)
+        aggregate(ts, bad)
 
 
 # --- the tiny Wan model ----------------------------------------------------------------------
 def test_trajectory_is_the_pipelines_own(pipe):
-    target = cal.WanTarget(pipe, dict(SIZE))
+    target = WanTarget(pipe, dict(SIZE))
     sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
     sched.set_timesteps(4)
     denoise, sampler_output = target.denoisers(PROMPTS[0], guided=False)
     with torch.inference_mode():
-        curves = cal.measure_trajectory(denoise, sched, target.noise(11), sampler_output=sampler_output)
+        curves = measure_trajectory(denoise, sched, target.noise(11), sampler_output=sampler_output)
     want = pipe(PROMPTS[0], num_inference_steps=4, generator=torch.Generator().manual_seed(11), output_type="latent",
                 max_sequence_length=TEXT_LEN, **SIZE).frames
     assert torch.equal(curves.final, want)
@@ -156,7 +158,7 @@ def test_calibrate_tiny_wan(pipe, profile):
     assert m["model_class"] == "WanTransformer3DModel" and m["config_hash"] == model_config_hash(pipe.transformer)
     assert m["branch"] == "cond" and m["guidance"] == 5.0 and m["source"] == "trajectory"
     assert m["seeds"] == [5, 6, 7] and m["prompts"] == [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
-    assert m["latent_shape"] == [1, 8, 3, 4, 4] and m["timestep_unit"] == cal.TIMESTEP_UNIT
+    assert m["latent_shape"] == [1, 8, 3, 4, 4] and m["timestep_unit"] == TIMESTEP_UNIT
     assert m["scheduler_class"] == "UniPCMultistepScheduler" and m["shift"] == 2.0
     assert profile.jt == profile.curves["jt_raw"]
     for q in ("p10", "p50", "p90"):
@@ -169,7 +171,7 @@ def test_calibrate_tiny_wan(pipe, profile):
 
 
 def test_calibrate_guided_and_smooth(pipe, profile):
-    guided = cal.calibrate(pipe, PROMPTS, num_inference_steps=4, num_samples=3, seed=5, guided=True,
+    guided = calibrate(pipe, PROMPTS, num_inference_steps=4, num_samples=3, seed=5, guided=True,
                            jt_curve="smooth", progress=False, **SIZE)
     assert guided.metadata["branch"] == "guided" and guided.metadata["forwards_per_step"] == 6
     assert guided.jt == guided.curves["jt_smooth"]
@@ -180,7 +182,7 @@ def test_calibrate_without_cfg_uses_three_forwards(pipe):
     calls = []
     handle = pipe.transformer.register_forward_hook(lambda *a: calls.append(1))
     try:
-        prof = cal.calibrate(pipe, PROMPTS[:1], num_inference_steps=3, num_samples=1, guidance_scale=1.0,
+        prof = calibrate(pipe, PROMPTS[:1], num_inference_steps=3, num_samples=1, guidance_scale=1.0,
                              progress=False, **SIZE)
     finally:
         handle.remove()
@@ -194,37 +196,37 @@ def test_calibrate_from_videos(pipe, tmp_path):
     np.save(tmp_path / "a.npy", rng.integers(0, 256, (6, 20, 24, 3), dtype=np.uint8))
     (tmp_path / "a.txt").write_text("a blue box\n")
     iio.mimsave(tmp_path / "b.gif", list(rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)))
-    prof = cal.calibrate(pipe, ["a red ball"], num_inference_steps=3, num_samples=3, videos=tmp_path,
+    prof = calibrate(pipe, ["a red ball"], num_inference_steps=3, num_samples=3, videos=tmp_path,
                          progress=False, **SIZE)
     m = prof.metadata
     assert m["source"] == "videos" and m["videos"] == ["a.npy", "b.gif"]
     assert m["prompts"] == ["a blue box", "a red ball", "a blue box"]
     assert len(prof.jx) == 3 and all(math.isfinite(v) and v > 0 for v in prof.jx + prof.jt)
     # a video is resized to the model's size (5 frames, 16x16) and encoded by its VAE: latent (8, 3, 4, 4)
-    target = cal.WanTarget(pipe, dict(SIZE))
-    assert tuple(target.encode_video(cal.load_video(tmp_path / "a.npy")).shape) == (1, 8, 3, 4, 4)
+    target = WanTarget(pipe, dict(SIZE))
+    assert tuple(target.encode_video(load_video(tmp_path / "a.npy")).shape) == (1, 8, 3, 4, 4)
 
 
 def test_load_video_errors(tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"not a video")
     with pytest.raises(SenCacheError, match="junk.mp4"):
-        cal.load_video(tmp_path / "junk.mp4")
+        load_video(tmp_path / "junk.mp4")
     np.save(tmp_path / "f.npy", np.zeros((2, 4, 4, 3), dtype=np.float32))
     with pytest.raises(SenCacheError, match="f.npy.*uint8"):
-        cal.load_video(tmp_path / "f.npy")
+        load_video(tmp_path / "f.npy")
 
 
 def test_calibrate_argument_errors(pipe):
     with pytest.raises(SenCacheError, match="num_samples"):
-        cal.calibrate(pipe, PROMPTS, num_samples=0, progress=False)
+        calibrate(pipe, PROMPTS, num_samples=0, progress=False)
     with pytest.raises(SenCacheError, match="num_inference_steps must be an integer >= 2"):
-        cal.calibrate(pipe, PROMPTS, num_inference_steps=1, progress=False)
+        calibrate(pipe, PROMPTS, num_inference_steps=1, progress=False)
     with pytest.raises(SenCacheError, match="prompt"):
-        cal.calibrate(pipe, [], progress=False)
+        calibrate(pipe, [], progress=False)
     with pytest.raises(SenCacheError, match="output_type"):
-        cal.calibrate(pipe, PROMPTS, output_type="latent", progress=False)
+        calibrate(pipe, PROMPTS, output_type="latent", progress=False)
     with pytest.raises(sencache.UnsupportedModelError):
-        cal.calibrate(object(), PROMPTS, progress=False)
+        calibrate(object(), PROMPTS, progress=False)
 
 
 # --- the profile serves the model at other sizes, and only that model ---------------------------
@@ -249,7 +251,7 @@ def test_profile_of_another_model_is_refused(pipe, profile):
                         scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config),
                         transformer=OtherTransformer(**{k: v for k, v in pipe.transformer.config.items()
                                                         if not k.startswith("_")}))
-    foreign = cal.calibrate(other, PROMPTS[:1], num_inference_steps=2, num_samples=1, progress=False, **SIZE)
+    foreign = calibrate(other, PROMPTS[:1], num_inference_steps=2, num_samples=1, progress=False, **SIZE)
     assert foreign.metadata["model_class"] == "OtherTransformer"
     with pytest.raises(ProfileError, match="OtherTransformer"):
         sencache.enable(pipe, sencache.SenCacheConfig(foreign, eps=0.1))
@@ -262,7 +264,7 @@ def test_calibrate_refuses_an_enabled_cache(pipe, profile):
     sencache.enable(pipe, sencache.SenCacheConfig(profile, eps=0.1))
     try:
         with pytest.raises(SenCacheError, match="disable"):
-            cal.calibrate(pipe, PROMPTS, num_inference_steps=2, num_samples=1, progress=False, **SIZE)
+            calibrate(pipe, PROMPTS, num_inference_steps=2, num_samples=1, progress=False, **SIZE)
     finally:
         sencache.disable(pipe)
 

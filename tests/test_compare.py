@@ -8,11 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from sencache.baseline_calibration import calibrate_baselines, default_calibration_prompts, default_evaluation_prompts
-from sencache.compare import PSNR_CAP, compare, make_jobs, merge_records, plan_variants, shard_jobs
+from sencache.calibration.baselines import calibrate_baselines
+from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
+from sencache.harness.metrics import PSNR_CAP_DB as PSNR_CAP
+from sencache.harness.compare import compare, make_jobs, merge_records, plan_variants, shard_jobs
 from sencache.demo_model.data import FRAMES
 from sencache.errors import SenCacheError
-from sencache.methods import MethodContext
+from sencache.harness.methods import MethodContext
 
 STEPS = 6
 SETTING_KEYS = {"key", "value", "primary", "setting", "nfe", "nfe_fraction", "wall_s", "speedup", "psnr",
@@ -160,7 +162,7 @@ def test_compare_refuses_calibration_prompts(pipe, baselines):
 
 
 def test_compare_records_a_skipped_dbcache(pipe, monkeypatch):
-    import sencache.methods as methods
+    import sencache.harness.methods as methods
 
     monkeypatch.setattr(methods, "cache_dit_available", lambda: False)
     results = compare(pipe, ["a blue circle standing still on a plain background"], [0], ["fixed", "dbcache"],
@@ -170,7 +172,7 @@ def test_compare_records_a_skipped_dbcache(pipe, monkeypatch):
 
 
 def test_tune_threshold_finds_the_setting_for_a_target_nfe(pipe, baselines):
-    from sencache.compare import tune_threshold, tune_values
+    from sencache.harness.tuning import tune_threshold, tune_values
 
     ctx = MethodContext(num_inference_steps=STEPS, baselines=baselines)
     calib = baselines.calibration_prompts[:1]
@@ -192,7 +194,7 @@ def test_tune_threshold_finds_the_setting_for_a_target_nfe(pipe, baselines):
 def test_report_writes_video_gif_plots_and_page(run, baselines):
     import imageio.v2 as imageio
 
-    from sencache.report import write_report
+    from sencache.harness.report import write_report
 
     results, out = run
     files = write_report(out)  # reads results.json and frames.npz back
@@ -216,7 +218,7 @@ def test_report_writes_video_gif_plots_and_page(run, baselines):
 
 @pytest.fixture(scope="module")
 def model_dir(pipe, tmp_path_factory):
-    from sencache.profile import model_config_hash
+    from sencache.core.profile import model_config_hash
 
     d = tmp_path_factory.mktemp("model")
     pipe.save_pretrained(d)

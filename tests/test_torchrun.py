@@ -51,8 +51,9 @@ def without_timing(value):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from sencache import calibrate
-    from sencache.baseline_calibration import calibrate_baselines, default_calibration_prompts
+    from sencache.calibration.calibrate import calibrate
+    from sencache.calibration.baselines import calibrate_baselines
+    from sencache.demo_model.prompts import default_calibration_prompts
     from sencache.demo_model.build import build_pipeline
     from sencache.demo_model.data import vocabulary
 
@@ -68,7 +69,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_prompts(model_dir):
-    from sencache.baseline_calibration import default_calibration_prompts, default_evaluation_prompts
+    from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
 
     return default_evaluation_prompts(4, exclude=default_calibration_prompts(1))
 
@@ -279,7 +280,7 @@ def test_offloaded_residuals_give_bit_exact_outputs_and_live_on_the_cpu():
         for k, t in enumerate([900.0, 700.0, 500.0, 300.0, 100.0]):
             outs.append(transformer(x0 + k * drift, torch.tensor([t, t]), text).sample)
             held.append((session.residual_devices(), session.residual_bytes(),
-                         session.gen.residual["default"].data_ptr()))
+                         session.residuals()["default"].data_ptr()))
         return session, outs, held
 
     plain, ref, plain_held = run(False)

@@ -110,7 +110,7 @@ class LocalSignRule:
         return None
 
     def decide(self, state, inp):
-        from sencache.rules.base import Decision
+        from sencache.core.rules.base import Decision
 
         want = inp.step > 0 and float(inp.latent.mean()) > 0
         return Decision(reuse=torch.full((inp.latent.shape[0],), want), score=None, eps=0.0)
@@ -171,7 +171,7 @@ def decisions(out_dir: str) -> int:
 
 def compare_with_a_failing_job(fail_prompt: str, fail_seed: int, cli_args: list[str]) -> int:
     """`sencache compare` where the job (fail_prompt, fail_seed) raises inside run_job, on whichever rank runs it."""
-    import sencache.compare as compare
+    import sencache.harness.compare as compare
     from sencache.cli import main
 
     real = compare.run_job

@@ -1,5 +1,9 @@
 """Errors a user can act on. Each message is one line that says what to do."""
 
+from __future__ import annotations
+
+import numbers
+
 
 class SenCacheError(ValueError):
     """Base class: bad input to sencache (a wrong profile, config, model or latent)."""
@@ -11,3 +15,10 @@ class ProfileError(SenCacheError):
 
 class UnsupportedModelError(SenCacheError):
     """A transformer whose block stack sencache cannot find or skip."""
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int if it is an integer >= ``minimum``, else a SenCacheError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise SenCacheError(f"{name} must be an integer >= {minimum} (got {value!r})")
+    return int(value)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from sencache.demo_model.data import FRAMES, SIZE, vocabulary
+from sencache.errors import SenCacheError
+
 TEXT_LEN = 32  # max_sequence_length the model was trained with; pass it to WanPipeline.__call__
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
@@ -141,8 +144,6 @@ def is_demo_pipeline(pipe) -> bool:
 
 
 def _knows_only_demo_words(tokenizer) -> bool:
-    from .data import vocabulary
-
     words = vocabulary()
     if tokenizer is None or len(tokenizer) != len(words) + 3:  # cheap refusal of real tokenizers (256k entries)
         return False
@@ -191,7 +192,6 @@ def pipeline_size_kwargs(frames: int, height: int, width: int) -> dict:
     AutoencoderKLWan encodes the first frame alone and then chunks of 4 frames (whatever its temporal factor),
     so only 1 + 4k frames survive an encode/decode round trip: 5, 9, 13, ...
     """
-    from ..errors import SenCacheError
 
     if frames < 1 or (frames - 1) % 4:
         raise SenCacheError(f"the demo model's VAE needs 1 + 4k frames (5, 9, 13, ...), got {frames}")
@@ -202,6 +202,5 @@ def pipeline_size_kwargs(frames: int, height: int, width: int) -> dict:
 
 def demo_call_kwargs() -> dict:
     """The size and text length the demo model was trained for, as WanPipeline call arguments."""
-    from .data import FRAMES, SIZE
 
     return dict(max_sequence_length=TEXT_LEN, **pipeline_size_kwargs(FRAMES, SIZE, SIZE))

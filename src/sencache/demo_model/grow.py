@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from ..errors import SenCacheError
+from sencache.errors import SenCacheError
 
 # Output projections of a residual layer (Wan block: self-attention, cross-attention, FFN; UMT5 block:
 # self-attention, feed-forward): zero them and the layer adds nothing to the stream.

@@ -35,7 +35,15 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import COLORS, FRAMES, SIZE_PX, SIZES, SPEED_PX, object_phrase, parse_caption
+from sencache.demo_model.data import (
+    COLORS,
+    FRAMES,
+    SIZE_PX,
+    SIZES,
+    SPEED_PX,
+    object_phrase,
+    parse_caption,
+)
 
 COLOUR_DIST = 110.0  # max RGB distance to the palette colour
 MIN_CHROMA = 60  # max(rgb) - min(rgb) of a pixel counted as coloured

@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data
-from .interruptible import save_atomic, sigterm_as_keyboard_interrupt
-from .build import build_pipeline, encode_clips, encode_text
+from sencache.demo_model import data
+from sencache.demo_model.build import build_pipeline, encode_clips, encode_text
+from sencache.demo_model.grow import grow_from
+from sencache.demo_model.interruptible import save_atomic, sigterm_as_keyboard_interrupt
+from sencache.errors import SenCacheError
 
 CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance has an unconditional model
 SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
@@ -67,8 +69,6 @@ def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str, grow: bool = F
     from diffusers import WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
-    from ..errors import SenCacheError
-    from .grow import grow_from
 
     loaded = {
         "transformer": WanTransformer3DModel.from_pretrained(folder, subfolder="transformer"),

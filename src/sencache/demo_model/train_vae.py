@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data
-from .interruptible import save_atomic, sigterm_as_keyboard_interrupt
-from .build import build_vae, frames_to_pixels
+from sencache.demo_model import data
+from sencache.demo_model.build import build_vae, frames_to_pixels
+from sencache.demo_model.interruptible import save_atomic, sigterm_as_keyboard_interrupt
+from sencache.errors import SenCacheError
 
 LATENT_NOISE = 0.1  # std of the noise added to the posterior mean while training
 SIZE_WEIGHT = 1e-4  # weight of mean(z^2)
@@ -75,7 +76,6 @@ def load_for_decoder_training(vae_dir: str, overrides: dict, seed: int):
     VAE whose encoder and quant_conv are copied from it and whose decoder starts from random weights."""
     from diffusers import AutoencoderKLWan
 
-    from ..errors import SenCacheError
 
     old = AutoencoderKLWan.from_pretrained(vae_dir)
     if set(overrides) - DECODER_ONLY_KEYS:

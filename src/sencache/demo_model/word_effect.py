@@ -14,7 +14,14 @@ from typing import Callable
 
 import numpy as np
 
-from .data import COLORS, DIRECTIONS, SHAPES, SIZES, caption_for, parse_caption
+from sencache.demo_model.data import (
+    COLORS,
+    DIRECTIONS,
+    SHAPES,
+    SIZES,
+    caption_for,
+    parse_caption,
+)
 
 #: attribute -> the words it can take
 ALTERNATIVES: dict[str, tuple[str, ...]] = {

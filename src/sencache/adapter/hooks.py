@@ -1,0 +1,296 @@
+"""The one diffusers adapter: hooks on a transformer and its block stack that apply a caching rule.
+
+On every transformer call the model hook notes the branch (the pipeline's ``cache_context``), the
+denoising step, the noisy latent and the timestep. The first block's hook asks the rule once per
+step which samples may reuse; all CFG branches of that step follow the same decision, each with
+its own cached residual. For the samples that reuse, the block stack is skipped and
+``input_of_first_block + cached_residual`` is handed on, so the output head still runs with the
+current timestep. When the samples of a batch disagree, the stack runs for the refreshing rows only
+(every tensor argument with the batch as its first dimension is sliced) and the rows are merged.
+
+Nothing is monkey-patched: hooks live in diffusers' per-module HookRegistry, so two pipelines in
+one process keep separate state, and :func:`disable` removes every hook.
+
+Under diffusers' context parallelism every rank must take the same decision at every step: the
+adapter then computes the rule's RMS over all ranks and guards the final mask with an all-reduce MIN
+(:mod:`sencache.adapter.parallel`). ``offload_residuals=True`` keeps the cached residuals in (pinned) CPU
+memory and copies them back to the device when a step reuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from sencache.adapter.arguments import ArgumentReader
+from sencache.adapter.layout import split_target
+from sencache.adapter.observers import SessionObserver
+from sencache.adapter.parallel import (
+    AUTO,
+    place_inside_parallel_hooks,
+    resolve_sync,
+)
+from sencache.adapter.session import CacheSession
+from sencache.errors import SenCacheError
+
+MODEL_HOOK = "sencache_model"
+BLOCK_HOOK = "sencache_block"
+
+
+class SenCacheModelHook(ModelHook):
+    """On the transformer: reads branch/step/latent/timestep, resets on a new generation or an error."""
+
+    _is_stateful = True
+
+    def __init__(self, session: CacheSession):
+        super().__init__()
+        self.session = session
+        self.context_state = StateManager(_NoState)  # diffusers sets the cache context on it
+        self.arguments = None
+
+    def initialize_hook(self, module):
+        """Resolve where the transformer's forward takes its arguments."""
+        self.arguments = ArgumentReader(type(module).forward)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        """Note branch, step, latent and timestep; run the transformer; record the call (a new generation
+        or an error resets the state).
+        """
+        s = self.session
+        latent = self.arguments.get("hidden_states", args, kwargs)
+        timestep = self.arguments.get("timestep", args, kwargs)
+        if not isinstance(latent, torch.Tensor) or not isinstance(timestep, torch.Tensor):
+            return self.fn_ref.original_forward(*args, **kwargs)
+        context = self.context_state._context
+        branch = context.name if context is not None else "default"
+        step, num_steps = s._resolve_step(context, timestep, branch)
+        bad = not bool(torch.isfinite(latent).all())
+        if s.sync is not None:
+            bad = s.sync.any(bad)  # every rank raises together instead of leaving the others in a collective
+        if bad:
+            s.reset()
+            raise SenCacheError(
+                f"the latent given to the transformer at step {step} holds NaN or inf; the sampler diverged "
+                f"before caching could act (check the scheduler settings, or run without the cache to compare)"
+            )
+        s._begin_call(branch, step, num_steps, latent, timestep)
+        try:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            s._poisoned = True  # the next call starts a fresh generation with no stale residuals
+            s._call = None
+            raise
+        s._end_call(module, args, kwargs, output)
+        return output
+
+    def reset_state(self, module):
+        """Forget the cache (diffusers calls this at the end of a pipeline call)."""
+        self.session.reset()
+        return module
+
+
+class _NoState:
+    def reset(self):
+        pass
+
+
+def _slice_rows(value, batch: int, rows: torch.Tensor):
+    """Select the computed rows of every batch-first tensor, also inside tuples (rotary embeddings)."""
+    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+        return value.index_select(0, rows.to(value.device))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_slice_rows(v, batch, rows) for v in value)
+    return value
+
+
+class SenCacheBlockHook(ModelHook):
+    """On each block of the stack: skip, run, or run a subset of rows, as the step's decision says."""
+
+    def __init__(self, session: CacheSession, index: int, count: int):
+        super().__init__()
+        self.session = session
+        self.is_head = index == 0
+        self.is_tail = index == count - 1
+        self.arguments = None
+
+    def initialize_hook(self, module):
+        """Resolve where the block's forward takes its arguments."""
+        self.arguments = ArgumentReader(type(module).forward)
+        return module
+
+    def _pack(self, hidden, encoder):
+        st = self.session.stack
+        if st.encoder_index is None:
+            return hidden
+        out = [None] * (max(st.hidden_index, st.encoder_index) + 1)
+        out[st.hidden_index], out[st.encoder_index] = hidden, encoder
+        return tuple(out)
+
+    def _unpack(self, output):
+        st = self.session.stack
+        if st.encoder_index is None:
+            return (output[st.hidden_index] if isinstance(output, tuple) else output), None
+        return output[st.hidden_index], output[st.encoder_index]
+
+    def new_forward(self, module, *args, **kwargs):
+        """At the first block: take the step's decision; then skip the stack, run it, or run the refreshing
+        rows only, as decided.
+        """
+        s = self.session
+        call = s._call
+        if call is None:  # called outside a hooked transformer forward: behave like the plain block
+            return self.fn_ref.original_forward(*args, **kwargs)
+        st = s.stack
+        batch = s._gen.batch
+        if self.is_head:
+            read = self.arguments.get
+            hidden = read(st.hidden_arg, args, kwargs)
+            encoder = read("encoder_hidden_states", args, kwargs) if st.encoder_index is not None else None
+            s._decide(modulation=read("temb", args, kwargs))
+            call.head_hidden, call.head_encoder = hidden, encoder
+            if bool(call.compute.all()):
+                call.mode = "full"
+            elif not bool(call.compute.any()):
+                call.mode = "skip"
+            else:
+                call.mode = "subset"
+                call.rows = call.compute.nonzero().flatten()
+        if call.mode == "skip":
+            if self.is_head:
+                hidden = call.head_hidden + s._cached(s._gen.residual, call.branch, call.head_hidden)
+                encoder = call.head_encoder
+                if encoder is not None and call.branch in s._gen.encoder_residual:
+                    encoder = encoder + s._cached(s._gen.encoder_residual, call.branch, encoder)
+                return self._pack(hidden, encoder)
+            read = self.arguments.get
+            return self._pack(read(st.hidden_arg, args, kwargs), read("encoder_hidden_states", args, kwargs))
+        if call.mode == "subset":
+            args = tuple(_slice_rows(a, batch, call.rows) for a in args)
+            kwargs = {k: _slice_rows(v, batch, call.rows) for k, v in kwargs.items()}
+        call.ran_stack = True
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if not self.is_tail:
+            return output
+        return self._finish_stack(output)
+
+    def _finish_stack(self, output):
+        """At the last block: store the new residuals and, in subset mode, merge the rows back."""
+        s, call = self.session, self.session._call
+        gen = s._gen
+        hidden, encoder = self._unpack(output)
+        rows = call.rows if call.mode == "subset" else None
+        head_h = call.head_hidden if rows is None else call.head_hidden.index_select(0, rows.to(hidden.device))
+        new_res = hidden - head_h
+        s._store_residual(gen.residual, call.branch, rows, new_res)
+        if s.observers:  # kept only for the end-of-call event: no extra device memory without observers
+            call.residual = new_res.detach()
+        if encoder is not None and call.head_encoder is not None and encoder.shape[1:] == call.head_encoder.shape[1:]:
+            head_e = call.head_encoder if rows is None else call.head_encoder.index_select(0, rows.to(encoder.device))
+            s._store_residual(gen.encoder_residual, call.branch, rows, encoder - head_e)
+        have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
+        gen.has_residual[call.branch] = have | call.compute
+        if call.branch == gen.decider_branch:
+            s.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
+        if rows is None:
+            return output
+        merged_h = call.head_hidden + s._cached(gen.residual, call.branch, call.head_hidden)
+        merged_h = merged_h.index_copy(0, rows.to(merged_h.device), hidden)
+        merged_e = None
+        if encoder is not None:
+            merged_e = call.head_encoder + s._cached(gen.encoder_residual, call.branch, call.head_encoder)
+            merged_e = merged_e.index_copy(0, rows.to(merged_e.device), encoder)
+        return self._pack(merged_h, merged_e)
+
+
+def enable(target, config, *, num_inference_steps: int | None = None, sync_group=AUTO,
+           offload_residuals: bool = False, observers: Sequence[SessionObserver] = ()) -> CacheSession:
+    """Accelerate a diffusers pipeline (or a bare transformer) with a caching rule.
+
+    ``config`` is a :class:`~sencache.SenCacheConfig` or any baseline config with ``build_rule()``.
+    Returns the :class:`CacheSession`; its ``trace`` holds the decisions of the last pipeline call.
+    Enabling again on the same transformer replaces the previous cache.
+
+    ``sync_group`` keeps decisions identical on every rank that shares one generation
+    (:mod:`sencache.adapter.parallel`): ``"auto"`` (default) syncs only when torch.distributed is initialised and
+    diffusers has set a parallel config on the transformer (``enable_parallelism``), over that config's
+    mesh group; never in plain data-parallel runs. ``True`` syncs over the default group, a ProcessGroup
+    over that group, ``None``/``False`` never. ``offload_residuals=True`` keeps the cached residuals in CPU
+    memory (pinned when CUDA is available; non-blocking copies out after a refresh and back on reuse):
+    less device memory, one host-to-device copy per reused call. ``session.residual_bytes()`` reports what
+    is held per branch. ``observers`` receive a :class:`~sencache.adapter.observers.CallEvent` at the end of
+    every transformer call (see :mod:`sencache.adapter.recorder`).
+
+    Args:
+        target: a diffusers pipeline with a ``.transformer``, or the transformer itself.
+        config: the rule's config: :class:`~sencache.SenCacheConfig`, ``MagCacheConfig``, ``TeaCacheConfig``,
+            ``FixedConfig``, ``NoCacheConfig`` or anything with ``build_rule()``.
+        num_inference_steps: only for a bare transformer without a scheduler: T, to count steps.
+        sync_group: ``"auto"``, ``True``, ``None``/``False`` or a ProcessGroup (see above).
+        offload_residuals: keep cached residuals in host memory.
+        observers: objects with ``on_call(event)``.
+
+    Returns:
+        The :class:`~sencache.adapter.session.CacheSession`.
+    """
+    transformer, scheduler = split_target(target)
+    if not hasattr(config, "build_rule"):
+        raise SenCacheError(f"{type(config).__name__} is not a sencache config (SenCacheConfig, MagCacheConfig, ...)")
+    profile = getattr(config, "profile", None)
+    if profile is not None:
+        profile.check_model(transformer)
+    sync = resolve_sync(transformer, sync_group)
+    session = CacheSession(transformer, scheduler, config, num_inference_steps=num_inference_steps, sync=sync,
+                           offload_residuals=offload_residuals, observers=observers,
+                           remove=lambda: disable(transformer))
+    disable(transformer)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(SenCacheModelHook(session), MODEL_HOOK)
+    count = len(session.stack.blocks)
+    for index, block in enumerate(session.stack.blocks):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(
+            SenCacheBlockHook(session, index, count), BLOCK_HOOK
+        )
+        place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
+    registry.invalidate_child_registries_cache()
+    return session
+
+
+def disable(target) -> None:
+    """Remove every sencache hook from the pipeline's transformer (or the transformer)."""
+    transformer, _ = split_target(target)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None:
+        registry.remove_hook(MODEL_HOOK, recurse=False)
+    for module in transformer.modules():
+        child = getattr(module, "_diffusers_hook", None)
+        if child is not None and module is not transformer:
+            child.remove_hook(BLOCK_HOOK, recurse=False)
+    if registry is not None:
+        registry.invalidate_child_registries_cache()
+
+
+def active_session(target) -> CacheSession | None:
+    """The :class:`CacheSession` sencache has on this pipeline's transformer, or None."""
+    transformer, _ = split_target(target)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    hook = registry.get_hook(MODEL_HOOK) if registry is not None else None
+    return hook.session if hook is not None else None
+
+
+@contextlib.contextmanager
+def quiet_sencache():
+    """Silence the adapter's per-generation warnings (e.g. "reused no step") while sweeping thresholds:
+    they are expected at the low end of a sweep, and the trace keeps them as notes."""
+    log = logging.getLogger("sencache")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

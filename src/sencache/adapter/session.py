@@ -1,0 +1,305 @@
+"""The live state of one cached transformer: per-generation decisions, cached residuals and the trace.
+
+A :class:`CacheSession` is what :func:`sencache.enable` returns. The hooks (:mod:`sencache.adapter.hooks`)
+drive it call by call: ``_begin_call`` (a new generation? a new step?), ``_decide`` (ask the rule once per
+step; every CFG branch of the step follows), the residual store, and ``_end_call`` (trace rows, then one
+:class:`~sencache.adapter.observers.CallEvent` to each observer). Decision state lives on the CPU
+(per-sample masks, counters); cached residuals live with the activations (or in host memory with
+``offload_residuals``). Nothing outside the adapter reads this module's private state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from sencache.adapter.layout import find_block_stack
+from sencache.adapter.observers import CallEvent, SessionObserver
+from sencache.adapter.parallel import (
+    DecisionSync,
+)
+from sencache.adapter.trace import Trace, TraceRecord
+from sencache.core.rules.base import Decision, StepInput, rms_per_sample
+from sencache.errors import SenCacheError
+
+logger = logging.getLogger("sencache")
+
+
+@dataclass
+class _Call:
+    branch: str
+    step: int
+    num_steps: int
+    latent: torch.Tensor
+    timestep: torch.Tensor  # (B,) float
+    compute: torch.Tensor | None = None  # (B,) bool, rows whose block stack runs
+    reasons: list[str] | None = None
+    mode: str = "full"  # full | skip | subset
+    rows: torch.Tensor | None = None  # LongTensor of computed rows in subset mode
+    head_hidden: torch.Tensor | None = None
+    head_encoder: torch.Tensor | None = None
+    ran_stack: bool = False
+    modulation: torch.Tensor | None = None  # the first block's temb, for observers
+    residual: torch.Tensor | None = None  # new block-stack residual of the computed rows, for observers
+
+
+@dataclass
+class _Generation:
+    rule_state: Any = None
+    num_steps: int | None = None
+    batch: int | None = None
+    step: int | None = None
+    branches_this_step: set = field(default_factory=set)
+    decision: Decision | None = None
+    step_input: StepInput | None = None
+    decider_branch: str | None = None
+    reuse_run: torch.Tensor | None = None
+    residual: dict = field(default_factory=dict)  # branch -> (B, ...) video-stream residual
+    encoder_residual: dict = field(default_factory=dict)
+    has_residual: dict = field(default_factory=dict)  # branch -> (B,) bool
+    call_index: int = 0
+    warned_no_reuse: bool = False
+    guard_changes: int = 0  # reuse decisions the rank-consistency guard turned into refreshes
+    guard_steps: list = field(default_factory=list)
+    guard_note: int | None = None  # index of the guard's note in trace.notes
+
+
+class CacheSession:
+    """What :func:`enable` returns: the live cache of one transformer, with the trace of its last call."""
+
+    def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None,
+                 sync: DecisionSync | None = None, offload_residuals: bool = False,
+                 observers: Sequence[SessionObserver] = (), remove: Callable[[], None] | None = None):
+        self.transformer = transformer
+        self.scheduler = scheduler
+        self.config = config
+        self.rule = config.build_rule()
+        self.method = getattr(self.rule, "name", type(self.rule).__name__)
+        self.stack = find_block_stack(transformer)
+        self.num_inference_steps = num_inference_steps
+        self.trace = Trace(method=self.method)
+        self._gen = _Generation()
+        self._call: _Call | None = None
+        self._poisoned = False
+        self._sched_cache: tuple[int, torch.Tensor] | None = None
+        self.sync = sync  # rank-consistent decisions (context parallelism), None: rank-local
+        self.offload_residuals = bool(offload_residuals)
+        self._pinned = torch.cuda.is_available()  # pinned host buffers only make sense next to CUDA
+        self.observers: list[SessionObserver] = list(observers)  # told of every call (CallEvent)
+        self._remove = remove
+
+    # --- public -----------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """The trace summary of the last generation: calls, computed, reused, nfe, skipped steps, notes."""
+        return self.trace.summary()
+
+    def reset(self) -> None:
+        """Forget all cached state; the next transformer call starts a new generation."""
+        self._gen = _Generation()
+        self._call = None
+
+    def disable(self) -> None:
+        """Remove this cache's hooks from the transformer (same as ``sencache.disable(pipe)``)."""
+        if self._remove is not None:
+            self._remove()
+
+    def residuals(self) -> dict[str, torch.Tensor]:
+        """The cached video-stream residual per branch (B, ...), wherever it lives; read-only use."""
+        return dict(self._gen.residual)
+
+    def cache_state(self) -> dict:
+        """Everything the session holds for the current generation, for memory accounting: ``residual``,
+        ``encoder_residual`` and ``has_residual`` (dicts per branch), ``rule_state`` and ``reuse_run``."""
+        gen = self._gen
+        return {"residual": dict(gen.residual), "encoder_residual": dict(gen.encoder_residual),
+                "has_residual": dict(gen.has_residual), "rule_state": gen.rule_state, "reuse_run": gen.reuse_run}
+
+    def residual_bytes(self) -> dict[str, int]:
+        """Bytes of cached residuals held per branch (video and text streams), wherever they live."""
+        out: dict[str, int] = {}
+        for store in (self._gen.residual, self._gen.encoder_residual):
+            for branch, value in store.items():
+                out[branch] = out.get(branch, 0) + value.numel() * value.element_size()
+        return out
+
+    def residual_devices(self) -> dict[str, str]:
+        """Where each branch's cached video-stream residual lives ("cpu", "cuda:0", ...)."""
+        return {branch: str(value.device) for branch, value in self._gen.residual.items()}
+
+    # --- step bookkeeping -------------------------------------------------------------------
+    def _resolve_step(self, context, timestep: torch.Tensor, branch: str) -> tuple[int, int]:
+        if context is not None and context.step_index is not None and context.num_inference_steps:
+            return int(context.step_index), int(context.num_inference_steps)
+        timesteps = getattr(self.scheduler, "timesteps", None) if self.scheduler is not None else None
+        if isinstance(timesteps, torch.Tensor) and timesteps.numel() > 0:
+            if self._sched_cache is None or self._sched_cache[0] != id(timesteps):
+                self._sched_cache = (id(timesteps), timesteps.detach().double().cpu())
+            grid = self._sched_cache[1]
+            t0 = float(timestep.reshape(-1)[0])
+            return int(torch.argmin((grid - t0).abs())), int(grid.numel())
+        if self.num_inference_steps:
+            gen = self._gen
+            if gen.step is None or gen.batch is None:
+                return 0, self.num_inference_steps
+            step = gen.step + 1 if branch in gen.branches_this_step else gen.step
+            return step % self.num_inference_steps, self.num_inference_steps
+        raise SenCacheError(
+            "sencache cannot tell the denoising step: enable it on the pipeline (sencache.enable(pipe, ...)) "
+            "or pass num_inference_steps=... when enabling it on a bare transformer"
+        )
+
+    def _begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor):
+        gen = self._gen
+        batch = latent.shape[0]
+        new_generation = (
+            self._poisoned
+            or gen.step is None
+            or step < gen.step
+            or (step == 0 and (gen.step != 0 or branch in gen.branches_this_step))
+            or batch != gen.batch
+            or num_steps != gen.num_steps
+        )
+        if new_generation:
+            self._poisoned = False
+            self._gen = gen = _Generation(rule_state=self.rule.new_state(batch), num_steps=num_steps, batch=batch)
+            self.trace.clear(self.method, num_steps)
+        if step != gen.step:
+            gen.step, gen.decision, gen.step_input, gen.decider_branch = step, None, None, None
+            gen.branches_this_step = set()
+        gen.branches_this_step.add(branch)
+        t_rows = timestep.detach().reshape(batch, -1)[:, 0].float() if timestep.numel() >= batch else \
+            timestep.detach().reshape(-1)[:1].float().expand(batch)
+        self._call = _Call(branch=branch, step=step, num_steps=num_steps, latent=latent, timestep=t_rows)
+
+    def _decide(self, modulation: torch.Tensor | None) -> None:
+        """Ask the rule once per step; later branches of the step follow the same verdict."""
+        gen, call = self._gen, self._call
+        call.modulation = modulation
+        if gen.decision is None:
+            inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.timestep.cpu(),
+                            latent=call.latent, modulation=modulation,
+                            rms=self.sync.rms if self.sync is not None else rms_per_sample)
+            decision = self.rule.decide(gen.rule_state, inp)
+            if self.sync is not None:
+                decision = self._guard(decision, call.step)
+            gen.decision, gen.step_input, gen.decider_branch = decision, inp, call.branch
+            run = gen.reuse_run if gen.reuse_run is not None else torch.zeros(gen.batch, dtype=torch.long)
+            gen.reuse_run = torch.where(decision.reuse, run + 1, torch.zeros_like(run))
+        reuse = gen.decision.reuse.cpu().bool()
+        have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
+        call.compute = ~(reuse & have)
+        reasons = list(gen.decision.reason or [("reuse" if r else "refresh") for r in reuse.tolist()])
+        call.reasons = ["no_residual" if (r and not h) else why for r, h, why in zip(reuse.tolist(), have.tolist(), reasons)]
+
+    def _guard(self, decision: Decision, step: int) -> Decision:
+        """All ranks reuse a sample only if every rank's rule said so (all-reduce MIN of the mask)."""
+        gen = self._gen
+        local = decision.reuse.detach().cpu().bool()
+        agreed = self.sync.reuse_all(local)
+        changed = local & ~agreed
+        if not bool(changed.any()):
+            return decision
+        reasons = list(decision.reason or [("reuse" if r else "refresh") for r in local.tolist()])
+        reasons = ["sync_refresh" if c else why for c, why in zip(changed.tolist(), reasons)]
+        gen.guard_changes += int(changed.sum())
+        gen.guard_steps.append(step)
+        msg = (f"sencache: the rank-consistency guard refreshed {gen.guard_changes} sample-step(s) this rank's rule "
+               f"would have reused (steps {gen.guard_steps}): another rank refreshed there")
+        if gen.guard_note is None:
+            gen.guard_note = len(self.trace.notes)
+            self.trace.notes.append(msg)
+            logger.info(msg)
+        else:
+            self.trace.notes[gen.guard_note] = msg
+        return Decision(reuse=agreed.to(decision.reuse.device), score=decision.score, eps=decision.eps,
+                        reason=reasons)
+
+    def _end_call(self, module=None, args: tuple = (), kwargs: dict | None = None, output=None) -> None:
+        gen, call = self._gen, self._call
+        if call is None or call.compute is None:
+            return
+        first_record = len(self.trace.records)
+        decision = gen.decision
+        if call.ran_stack:
+            self.trace.stack_runs += 1
+        for row in range(gen.batch):
+            score = None
+            if decision.score is not None:
+                score = _finite_or_none(decision.score[row])
+            self.trace.records.append(TraceRecord(
+                call=gen.call_index, step=call.step, timestep=float(call.timestep[row]), branch=call.branch,
+                sample=row, computed=bool(call.compute[row]), score=score, eps=None if decision.eps is None or math.isnan(decision.eps) else float(decision.eps),
+                reuse_run=int(gen.reuse_run[row]) if not call.compute[row] else 0, reason=call.reasons[row],
+            ))
+        gen.call_index += 1
+        if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
+            self._note_if_nothing_reused()
+        self._call = None
+        if self.observers:
+            event = CallEvent(
+                call=gen.call_index - 1, step=call.step, num_steps=call.num_steps, branch=call.branch,
+                decider=call.branch == gen.decider_branch, timestep=call.timestep, latent=call.latent,
+                modulation=call.modulation, computed=call.compute, residual=call.residual,
+                records=self.trace.records[first_record:], module=module, args=args, kwargs=kwargs or {},
+                output=output)
+            for observer in self.observers:
+                observer.on_call(event)
+
+    def _note_if_nothing_reused(self) -> None:
+        gen = self._gen
+        if self.method == "none" or any(not r.computed for r in self.trace.records):
+            return  # a rule that never reuses (recording runs) has nothing to explain
+        gen.warned_no_reuse = True
+        scores = [r.score for r in self.trace.records if r.score is not None and math.isfinite(r.score)]
+        eps = getattr(self.config, "eps", None)
+        if gen.num_steps is not None and gen.num_steps <= 1 + getattr(self.config, "final_steps", 0):
+            why = f"only {gen.num_steps} steps, and the first and final steps always compute"
+        elif scores and eps is not None:
+            why = (f"eps={eps:g} is below every predicted change (smallest S = {min(scores):.4g}); "
+                   f"raise eps (or pick it for an NFE with sencache.budget.with_target)")
+        else:
+            why = "the rule never allowed a reuse at these settings"
+        msg = f"sencache: this generation reused no step, so there is no speed-up: {why}"
+        self.trace.notes.append(msg)
+        logger.warning(msg)
+
+    # --- residual store ---------------------------------------------------------------------
+    def _store_residual(self, store: dict, branch: str, rows: torch.Tensor | None, value: torch.Tensor) -> None:
+        batch = self._gen.batch
+        value = value.detach()
+        if rows is None:
+            store[branch] = self._offload(store.get(branch), value) if self.offload_residuals else value
+            return
+        full = store.get(branch)
+        if full is None or full.shape[1:] != value.shape[1:]:
+            full = value.new_zeros((batch, *value.shape[1:]))
+        else:  # merge on the compute device: an offloaded copy may still be in flight
+            full = full.to(device=value.device, non_blocking=True).clone()
+        full[rows.to(full.device)] = value.to(full.dtype)
+        store[branch] = self._offload(store.get(branch), full) if self.offload_residuals else full
+
+    def _offload(self, old: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+        """A host copy of ``value``, reusing the branch's previous buffer when it fits (pinned next to CUDA).
+
+        The device-to-host copy is non-blocking; it is ordered on the current stream before any later
+        host-to-device copy of the same buffer (:meth:`_cached`), and the host never reads it."""
+        pin = self._pinned and value.is_cuda
+        if old is None or old.device.type != "cpu" or old.shape != value.shape or old.dtype != value.dtype \
+                or old.is_pinned() != pin:
+            old = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=pin)
+        old.copy_(value, non_blocking=pin)
+        return old
+
+    @staticmethod
+    def _cached(store: dict, branch: str, like: torch.Tensor) -> torch.Tensor:
+        """The branch's cached residual on ``like``'s device and dtype (copied back if offloaded)."""
+        return store[branch].to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value) if value is not None else None
+    return value if value is not None and math.isfinite(value) else None

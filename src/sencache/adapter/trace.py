@@ -1,0 +1,76 @@
+"""The per-call record of every caching decision of the last pipeline call, and its summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TraceRecord:
+    """One sample's decision at one transformer call (see the field comments)."""
+    call: int  # index of the transformer call within the generation
+    step: int  # denoising step
+    timestep: float  # in the transformer's units
+    branch: str  # cache context: "cond", "uncond", "cond_uncond" or "default"
+    sample: int  # row of the batch
+    computed: bool  # True: the block stack ran for this row; False: its cached residual was reused
+    score: float | None  # the rule's error estimate (SenCache: predicted change S)
+    eps: float | None  # threshold in force at this step
+    reuse_run: int  # consecutive reused steps of this row, this one included
+    reason: str = ""  # why: first, final, reuse, above_eps, max_reuse, no_residual, ...
+
+
+@dataclass
+class Trace:
+    """Every decision of the last generation, one :class:`TraceRecord` per call and sample, with notes."""
+    method: str = ""
+    num_steps: int | None = None
+    records: list[TraceRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stack_runs: int = 0  # calls in which the block stack ran (for any row)
+
+    def clear(self, method: str, num_steps: int | None) -> None:
+        """Start a new generation's trace."""
+        self.method, self.num_steps = method, num_steps
+        self.records, self.notes, self.stack_runs = [], [], 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def computed_steps(self, sample: int = 0) -> list[int]:
+        """Steps in which the block stack ran for ``sample``."""
+        return sorted({r.step for r in self.records if r.sample == sample and r.computed})
+
+    def summary(self) -> dict:
+        """Counts of the last generation: calls, computed, reused, steps, nfe (steps computed for any
+        sample), nfe per sample, skipped steps and notes.
+        """
+        calls = sorted({r.call for r in self.records})
+        steps = sorted({r.step for r in self.records})
+        samples = sorted({r.sample for r in self.records})
+        computed_steps = {r.step for r in self.records if r.computed}
+        per_sample = {s: len(self.computed_steps(s)) for s in samples}
+        return {
+            "method": self.method,
+            "calls": len(calls),
+            "computed": self.stack_runs,
+            "reused": len(calls) - self.stack_runs,
+            "steps": len(steps),
+            "nfe": len(computed_steps),
+            "nfe_per_sample": [per_sample[s] for s in samples],
+            "skipped_steps": [s for s in steps if s not in computed_steps],
+            "notes": list(self.notes),
+        }
+
+    def to_dict(self) -> dict:
+        """The summary and every record, JSON-able."""
+        return {"summary": self.summary(), "records": [asdict(r) for r in self.records]}
+
+    def save(self, path) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path

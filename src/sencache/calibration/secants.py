@@ -1,0 +1,184 @@
+"""Secant sensitivities along trajectories: the measuring core of calibration, free of pipelines.
+
+For a denoiser ``f(x, t)`` and a scheduler: ‖J_x‖ ≈ rms(f(x', t) − f(x, t)) / rms(x' − x) with x' one real
+solver step from x, and ‖J_t‖ ≈ rms(f(x, t') − f(x, t)) / |t' − t| with t' the next grid timestep, at every
+grid step of a sampled trajectory (:func:`measure_trajectory`) or of a clean latent noised to each step
+(:func:`measure_noised`); :func:`aggregate` turns many samples into the profile's fields.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from sencache.core.trajectories import distance_matrix
+from sencache.errors import SenCacheError, UnsupportedModelError
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> model output
+SamplerOutput = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, f) -> sampler's output
+
+TIMESTEP_UNIT = "transformer input (scheduler.timesteps)"
+SMOOTHING = "binomial (1,2,1)/4 over neighbouring grid steps; (2,1)/3 at the ends"
+
+
+# --------------------------------------------------------------------------------------------
+# core: secants along trajectories, given a denoiser and a scheduler
+# --------------------------------------------------------------------------------------------
+def rms(x: torch.Tensor) -> float:
+    return float(x.detach().double().pow(2).mean().sqrt())
+
+
+def rms_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b.detach().double()).pow(2).mean().sqrt())
+
+
+@dataclass
+class SampleCurves:
+    """One sample's secants, one entry per grid timestep (transformer-input units)."""
+
+    timesteps: list[float]
+    jx: list[float] = field(default_factory=list)
+    jt: list[float] = field(default_factory=list)
+    final: torch.Tensor | None = None  # trajectory source: the sampler's final latent
+    dist: list | None = None  # trajectory source: D[j][k] = rms(x_k - x_j) over grid steps (budget mode)
+
+
+def secants(denoise: Denoiser, x, t, x_next, t_other, f_xt: torch.Tensor | None = None) -> tuple[float, float]:
+    """‖J_x‖ along x → x_next and ‖J_t‖ along t → t_other, at (x, t). Two or three denoiser calls."""
+    if f_xt is None:
+        f_xt = denoise(x, t)
+    dx = rms_diff(x_next, x)
+    jx = rms_diff(denoise(x_next, t), f_xt) / dx if dx > 0 else 0.0
+    dt = abs(float(t_other) - float(t))
+    if dt == 0:
+        raise SenCacheError(f"two grid timesteps coincide at t={float(t):g}; use more distinct steps")
+    jt = rms_diff(denoise(x, t_other), f_xt) / dt
+    return jx, jt
+
+
+def _other_timestep(timesteps: torch.Tensor, k: int):
+    if len(timesteps) < 2:
+        raise SenCacheError("calibration needs at least 2 inference steps (J_t is a secant between grid timesteps)")
+    return timesteps[k + 1] if k + 1 < len(timesteps) else timesteps[k - 1]
+
+
+def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
+                       sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None
+                       ) -> SampleCurves:
+    """Run the sampler from ``latents`` and measure the secants at every grid timestep it visits.
+
+    ``scheduler`` must have had ``set_timesteps`` called; a deep copy is stepped, so its multistep
+    history never leaks between samples. ``denoise(x, t)`` is the measured output; the sampler steps
+    with ``sampler_output(x, t, f)`` when given (e.g. CFG-combined while the conditional branch is
+    measured), else with f itself. x' for ‖J_x‖ is the sampler's own next latent.
+    """
+    sched = copy.deepcopy(scheduler)
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(0)
+    timesteps = sched.timesteps
+    out = SampleCurves(timesteps=[float(t) for t in timesteps])
+    x = latents
+    visited = []
+    for k, t in enumerate(timesteps):
+        visited.append(x)
+        f = denoise(x, t)
+        model_output = sampler_output(x, t, f) if sampler_output is not None else f
+        x_next = sched.step(model_output, t, x, return_dict=False)[0]
+        jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k), f_xt=f)
+        out.jx.append(jx)
+        out.jt.append(jt)
+        x = x_next
+        if on_step is not None:
+            on_step()
+    out.final = x
+
+    out.dist = distance_matrix(visited).tolist()  # what budget mode replays the rule on
+    return out
+
+
+def is_flow_matching(scheduler) -> bool:
+    config = getattr(scheduler, "config", {}) or {}
+    return bool(
+        config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction"
+        or "FlowMatch" in type(scheduler).__name__
+    )
+
+
+def noise_to(scheduler, x0: torch.Tensor, noise: torch.Tensor, k: int) -> torch.Tensor:
+    """x_{t_k} from clean x0: (1 − σ_k)·x0 + σ_k·ε for flow matching, else ``scheduler.add_noise``."""
+    if is_flow_matching(scheduler):
+        sigma = float(scheduler.sigmas[k])
+        return (1.0 - sigma) * x0 + sigma * noise
+    t = scheduler.timesteps[k : k + 1]
+    return scheduler.add_noise(x0, noise, t)
+
+
+def measure_noised(denoise: Denoiser, scheduler, x0: torch.Tensor, noise: torch.Tensor, *,
+                   sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None
+                   ) -> SampleCurves:
+    """Secants at x_{t_k} = x0 noised to each grid timestep; x' is one step of a fresh scheduler at k."""
+    timesteps = scheduler.timesteps
+    out = SampleCurves(timesteps=[float(t) for t in timesteps])
+    for k, t in enumerate(timesteps):
+        x = noise_to(scheduler, x0, noise, k)
+        f = denoise(x, t)
+        model_output = sampler_output(x, t, f) if sampler_output is not None else f
+        sched = copy.deepcopy(scheduler)
+        if not hasattr(sched, "set_begin_index"):
+            raise UnsupportedModelError(f"{type(sched).__name__} cannot start at step {k} (no set_begin_index)")
+        sched.set_begin_index(k)
+        x_next = sched.step(model_output, t, x, return_dict=False)[0]
+        jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k), f_xt=f)
+        out.jx.append(jx)
+        out.jt.append(jt)
+        if on_step is not None:
+            on_step()
+    return out
+
+
+def smooth_121(values: Sequence[float]) -> list[float]:
+    """Centred (1,2,1)/4 moving average (ends: (2,1)/3). Cancels an exact step-to-step zig-zag."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return v.tolist()
+    out = np.empty_like(v)
+    out[1:-1] = 0.25 * v[:-2] + 0.5 * v[1:-1] + 0.25 * v[2:]
+    out[0] = (2.0 * v[0] + v[1]) / 3.0
+    out[-1] = (2.0 * v[-1] + v[-2]) / 3.0
+    return out.tolist()
+
+
+def aggregate(timesteps: Sequence[float], samples: Sequence[SampleCurves], jt_curve: str = "raw") -> dict:
+    """Per-timestep mean over samples (in the given order) plus spread; the SensitivityProfile fields."""
+    if jt_curve not in ("raw", "smooth"):
+        raise SenCacheError(f"jt_curve must be 'raw' or 'smooth' (got {jt_curve!r})")
+    if not samples:
+        raise SenCacheError("no samples to aggregate")
+    n = len(timesteps)
+    for s in samples:
+        if len(s.jx) != n or len(s.jt) != n:
+            raise SenCacheError(f"a sample has {len(s.jx)} entries for {n} grid timesteps; calibration is inconsistent")
+    jx = np.array([s.jx for s in samples], dtype=np.float64)
+    jt = np.array([s.jt for s in samples], dtype=np.float64)
+    for name, values in (("J_x", jx), ("J_t", jt)):
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            i, k = bad[0]
+            raise SenCacheError(
+                f"{name} is NaN or inf for sample {int(i)} at t={timesteps[int(k)]:g}: the model output is not finite "
+                f"there; check the model and its dtype (try float32)"
+            )
+    jx_mean, jt_raw = jx.mean(axis=0), jt.mean(axis=0)
+    jt_smooth = np.asarray(smooth_121(jt_raw))
+    spread = {"count": [float(len(samples))] * n}
+    for name, values in (("jx", jx), ("jt", jt)):
+        for q in (10, 50, 90):
+            spread[f"{name}_p{q}"] = np.percentile(values, q, axis=0).tolist()
+    return dict(
+        timesteps=list(timesteps), jx=jx_mean.tolist(), jt=(jt_raw if jt_curve == "raw" else jt_smooth).tolist(),
+        spread=spread, curves={"jt_raw": jt_raw.tolist(), "jt_smooth": jt_smooth.tolist()},
+    )

@@ -1,0 +1,139 @@
+"""`sencache compare`: methods side by side against the uncached reference (:func:`sencache.harness.compare.compare`).
+
+Under ``torchrun --nproc_per_node=K`` the prompt x seed jobs are sharded over the ranks; baseline calibration
+and threshold tuning (``--nfe-targets``) run once on rank 0 and are shared.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from sencache.calibration.baselines import default_baselines_path, ensure_baselines
+from sencache.cli.options import (
+    add_model_arguments,
+    add_threads_argument,
+    load_model,
+    resolve_profile_path,
+    set_threads,
+)
+from sencache.core.profile import SensitivityProfile
+from sencache.demo_model.prompts import default_calibration_prompts
+from sencache.errors import SenCacheError
+from sencache.harness.compare import compare
+from sencache.harness.methods import METHODS, MethodContext, get_method
+from sencache.harness.report import text_table, write_report
+from sencache.harness.tuning import tune_values
+from sencache.runtime import distributed as dist
+from sencache.runtime.prompts import read_prompts
+
+
+def parse_set(items: Sequence[str]) -> dict[str, list]:
+    """``["magcache=0.1,0.2", "fixed=3"]`` -> ``{"magcache": [0.1, 0.2], "fixed": [3.0]}``."""
+    out: dict[str, list] = {}
+    for item in items or ():
+        name, sep, rest = item.partition("=")
+        if not sep or not rest:
+            raise SenCacheError(f"--set takes METHOD=VALUE[,VALUE...], got {item!r}")
+        get_method(name.strip())
+        try:
+            out[name.strip()] = [float(v) for v in rest.split(",") if v.strip()]
+        except ValueError:
+            raise SenCacheError(f"--set {item!r}: values must be numbers") from None
+    return out
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="compare caching methods against the uncached reference (NFE, time, PSNR, SSIM, LPIPS)",
+        description="Run every method on every prompt x seed, next to the uncached reference; write results.json, "
+                    "results.md and pareto.png (and, with --report, side_by_side.mp4/.gif and report.html).")
+    add_model_arguments(p)
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--methods", nargs="+", default=["sencache", "magcache", "magcache-final", "teacache", "fixed"],
+                   metavar="METHOD", help=f"from: {', '.join(METHODS)}")
+    p.add_argument("--sweep", action="store_true", help="run every method over its list of thresholds")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD=V[,V...]",
+                   help="pin a method's threshold(s), e.g. --set magcache=0.1,0.2 (repeatable)")
+    p.add_argument("--nfe-targets", type=float, nargs="+", default=None, metavar="NFE",
+                   help="instead of fixed thresholds: for each method, find the thresholds that give these NFEs on "
+                        "the first calibration prompt, then evaluate those")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    p.add_argument("--baselines", default=None, help="baselines JSON (default: baselines.json next to the profile; "
+                   "calibrated there on first use)")
+    p.add_argument("--out", default="sencache_compare", help="output folder (default sencache_compare/)")
+    p.add_argument("--report", action="store_true", help="also write side_by_side.mp4/.gif and report.html")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    add_threads_argument(p)
+    p.set_defaults(func=_run_cli)
+
+
+def _needs(methods: Sequence[str]) -> set[str]:
+    needs = set()
+    for m in methods:
+        needs.update(get_method(m).needs)
+    return needs
+
+
+def load_profile_if_needed(path, methods: Sequence[str]):
+    """The profile at ``path``, or None when it is missing and no method needs one."""
+    path = Path(path)
+    if path.is_file():
+        return SensitivityProfile.load(path)
+    if "profile" in _needs(methods):
+        raise SenCacheError(f"no sensitivity profile at {path}: run `sencache calibrate` first or pass --profile")
+    return None
+
+
+def _run_cli(args) -> int:
+    for m in args.methods:
+        get_method(m)  # unknown names fail before anything loads
+    set_threads(args.threads)
+    dist.init_if_needed()  # under torchrun: jobs are sharded over the ranks, rank 0 writes the results
+    if args.steps < 2:
+        raise SenCacheError("--steps must be at least 2")
+    prompts = read_prompts(args.prompts)
+    pipe, model = load_model(args)
+    profile_path = resolve_profile_path(args.profile, model)
+    profile = load_profile_if_needed(profile_path, args.methods)
+    baselines = baselines_path = None
+    if "baselines" in _needs(args.methods):
+        baselines_path = Path(args.baselines) if args.baselines else default_baselines_path(profile_path)
+        want = baselines_path
+        baselines, baselines_path = dist.run_on_main(lambda: ensure_baselines(  # calibrated (and saved) once, by rank 0
+            pipe, want, prompts, calibration_prompts=default_calibration_prompts(), num_inference_steps=args.steps,
+            guidance_scale=args.guidance, fallback_dir=args.out))
+    start = time.perf_counter()
+    values, tuning = parse_set(args.set), None
+    if args.nfe_targets:
+        if baselines is None:
+            raise SenCacheError("--nfe-targets tunes on the calibration prompts of the baselines: include a method "
+                                "that needs them (magcache, teacache, ...) or pass --baselines")
+        ctx = MethodContext(num_inference_steps=args.steps, profile=profile, baselines=baselines)
+        tuned, tuning = dist.run_on_main(lambda: tune_values(  # rank 0 tunes; every rank evaluates the same values
+            pipe, args.methods, args.nfe_targets, baselines.calibration_prompts[:1],
+            baselines.calibration_seeds[:1], ctx, args.guidance))
+        values = {**tuned, **values}
+    results = compare(pipe, prompts, args.seeds, args.methods, sweep=args.sweep, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, out_dir=args.out, profile=profile, baselines=baselines,
+                      values=values, use_lpips=False if args.no_lpips else None, model=str(model),
+                      profile_path=profile_path, baselines_path=baselines_path, keep_going=True)
+    if results is None:  # another rank: rank 0 writes and reports
+        return 0
+    if tuning:
+        results["tuning"] = tuning
+        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+    if args.report:
+        write_report(args.out, results)
+
+    print(text_table(results))
+    print(f"\n{len(results['jobs'])} job(s) in {time.perf_counter() - start:.1f} s; results in {Path(args.out).resolve()}")
+    for f in results["failures"]:
+        print(f"failed: job {f['job']} {f['prompt']!r} seed {f['seed']} on rank {f['rank']}: {f['error']}",
+              file=sys.stderr)
+    return 1 if results["failures"] else 0

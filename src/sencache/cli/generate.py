@@ -1,0 +1,135 @@
+"""`sencache generate`: one or many clips through an unchanged pipeline, cached or not.
+
+With ``--prompts FILE`` under ``torchrun --nproc_per_node=K`` the prompt × seed jobs are sharded
+round-robin over the ranks; every rank writes its own clips, and rank 0 gathers the per-clip
+records into ``OUT/generate.json`` in job order, so the file is the same as a single-process run.
+A job that fails is recorded with its prompt and error; the other jobs still finish.
+``--save-npy`` also writes each clip's raw frames (float32, (F, H, W, 3) in [0, 1]) as ``STEM.npy``,
+to compare runs exactly (an MP4 is lossy and its encoder need not be deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sencache.adapter.hooks import active_session
+from sencache.calibration.baselines import Baselines, default_baselines_path
+from sencache.cli.options import (
+    add_model_arguments,
+    load_model,
+    resolve_model_dir,
+    resolve_profile_path,
+    set_threads,
+)
+from sencache.core.budget import recommended_eps
+from sencache.core.profile import SensitivityProfile
+from sencache.errors import SenCacheError
+from sencache.harness.methods import MethodContext, get_method
+from sencache.runtime import distributed as dist
+from sencache.runtime.generation import generate
+from sencache.runtime.prompts import read_prompts
+from sencache.runtime.video import save_clip
+
+
+def clip_name(index: int, prompt: str, seed: int) -> str:
+    """File stem of one clip: job index, a slug of the prompt, the seed."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48]
+    return f"{index:03d}_{slug}_s{seed}"
+
+
+def attach_cache(args, pipe):
+    """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
+
+    spec = get_method(args.cache)
+    profile_path = resolve_profile_path(args.profile, resolve_model_dir(args.model))
+    ctx = MethodContext(num_inference_steps=args.steps)
+    value = args.eps
+    if "profile" in spec.needs:
+        if not profile_path.exists():
+            raise SenCacheError(f"no profile at {profile_path}; measure one with `sencache calibrate --out {profile_path}`")
+        ctx.profile = SensitivityProfile.load(profile_path)
+        if value is None:
+            value = recommended_eps(ctx.profile)
+    if "baselines" in spec.needs:
+        path = default_baselines_path(profile_path)
+        if not path.exists():
+            raise SenCacheError(f"{args.cache} needs calibrated baselines at {path}; run `sencache demo` once "
+                                f"or `sencache compare`, which calibrate them")
+        ctx.baselines = Baselines.load(path)
+    reason = spec.unavailable(ctx, pipe)
+    if reason:
+        raise SenCacheError(f"{args.cache}: {reason}")
+    return spec.apply(pipe, value, ctx)
+
+
+def run_jobs(args) -> int:
+    """``sencache generate``: every prompt x seed (sharded under torchrun), clips and records written."""
+    set_threads(args.threads)
+    dist.init_if_needed()
+    prompts = [args.prompt] if args.prompt else read_prompts(args.prompts)
+    jobs = [(p, s) for p in prompts for s in args.seeds]
+    single = len(jobs) == 1 and not args.prompts
+    out = Path(args.out)
+    out_dir = out.parent if single else out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe, _ = load_model(args)
+    handle = attach_cache(args, pipe)
+    records = []
+    for index, (prompt, seed) in dist.shard(jobs):
+        stem = out.with_suffix("") if single else out_dir / clip_name(index, prompt, seed)
+        try:
+            result = generate(pipe, prompt, seed, num_inference_steps=args.steps, guidance_scale=args.guidance)
+        except Exception as exc:  # keep the other jobs' results; say which prompt failed
+            records.append({"index": index, "prompt": prompt, "seed": seed, "rank": dist.rank(),
+                            "error": f"{type(exc).__name__}: {exc}"})
+            print(f"[rank {dist.rank()}] FAILED {prompt!r} seed {seed}: {exc}", file=sys.stderr)
+            continue
+        paths = save_clip(result.frames, stem)
+        if args.save_npy:
+            paths.append(Path(str(stem) + ".npy"))
+            np.save(paths[-1], result.frames)
+        summary = handle.stats()
+        session = active_session(pipe)
+        if session is not None and args.trace:
+            session.trace.save(Path(str(stem) + ".trace.json"))
+        records.append({"index": index, "prompt": prompt, "seed": seed, "cache": args.cache,
+                        "nfe": summary["nfe"], "steps": args.steps, "seconds": round(result.seconds, 3),
+                        "files": [str(p) for p in paths]})
+        print(f"{prompt!r} seed {seed}: NFE {summary['nfe']}/{args.steps}, {result.seconds:.2f} s -> {paths[0]}")
+    gathered = dist.gather_objects(records)
+    if not dist.is_main():
+        return 0
+    merged = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+    failed = [r for r in merged if "error" in r]
+    if not single:
+        (out_dir / "generate.json").write_text(json.dumps({"jobs": merged}, indent=1))
+        print(f"{len(merged) - len(failed)} clips written to {out_dir}; records in {out_dir / 'generate.json'}")
+    for r in failed:
+        print(f"failed: {r['prompt']!r} seed {r['seed']} on rank {r['rank']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("generate", help="generate clips with the shipped (or any) model, cached or not")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts", help="file with one prompt per line (sharded under torchrun)")
+    p.add_argument("--cache", default="sencache", help="sencache (default), none, magcache, teacache, fixed, "
+                   "fbcache, seacache, taylorseer, dbcache, ... (see `sencache compare --help`)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="the method's threshold (SenCache: eps; default: the profile's recommended eps)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny demo model)")
+    add_model_arguments(p)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default="clip.mp4", help="output file (one prompt) or folder (--prompts)")
+    p.add_argument("--trace", action="store_true", help="also save each clip's decision trace as JSON")
+    p.add_argument("--save-npy", action="store_true",
+                   help="also save each clip's raw frames as STEM.npy (float32, F x H x W x 3, in [0, 1])")
+    p.set_defaults(func=run_jobs)

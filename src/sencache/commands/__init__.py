@@ -1,1 +1,0 @@
-"""CLI subcommands that are glue only (the library does the work)."""

@@ -1,0 +1,122 @@
+"""Budget mode: pick SenCache's ε for a target NFE by simulating the rule on calibration trajectories.
+
+    config = sencache.budget.with_target(SenCacheConfig(profile), target_nfe=20)   # or target_speedup=2.5
+    config.eps, config.budget["simulated_nfe"]
+
+How it works. ``sencache calibrate`` stores, for each calibration trajectory (≤ 8), the pairwise RMS
+distances D[j][k] = rms(x_k − x_j) between the latents the transformer received at grid steps j and
+k, and the grid's timesteps (``profile.metadata["trajectories"]``, upper triangle, float32 values
+written with their shortest decimal so they load back bit-exactly). With D, ‖J_x‖ and ‖J_t‖ the
+SenCache rule can be replayed offline without the model:
+
+    S(j → k) = ‖J_x‖(t_j) · D[j][k] + ‖J_t‖(t_j) · |t_k − t_j|        (j = last refresh)
+
+with the same warm-up, ``max_reuse``, ``final_steps`` and ε schedule as the online rule, in the same
+float64 arithmetic, so on an *uncached* trajectory it reproduces the online decisions exactly. For a
+given config the mean NFE over the trajectories is a step function of ε that only changes where ε
+crosses one of the finitely many values S(j → k) / g(k) (g: the schedule's factor; ×10 in the
+warm-up when ε_start = ε/10). :func:`solve_eps` therefore simulates one ε inside every plateau
+between consecutive breakpoints (all at once, vectorised over ε) and keeps the plateau whose mean
+NFE is closest to the target (ties: the smaller ε), returning the geometric middle of that plateau
+(the choice with the most margin on either side).
+
+Limits. The simulation follows the *uncached* trajectories: a real reuse perturbs the latents it is
+measured on, so online decisions after the first reuse can differ. How well the budget transfers is
+an empirical question; :func:`sencache.harness.variants.measure_transfer` measures the achieved NFE on
+held-out prompts. The per-sample correction (``correction=True``) is not simulated (its factor is taken as 1).
+
+The replay itself is :mod:`sencache.core.replay`; the stored trajectories, :mod:`sencache.core.trajectories`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+from sencache.core.replay import solve_eps
+from sencache.core.rules.sencache import SenCacheConfig
+from sencache.core.schedule import DEFAULT_EPS_SCHEDULE, as_schedule
+from sencache.core.trajectories import trajectories_of
+from sencache.errors import SenCacheError
+
+logger = logging.getLogger("sencache")
+
+
+def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
+                target_speedup: float | None = None) -> SenCacheConfig:
+    """Budget mode: a copy of ``config`` whose ``eps`` makes the rule compute about ``target_nfe`` steps.
+
+    The rule is replayed on the calibration trajectories stored in the profile (see the module docstring);
+    ``config.budget`` of the result records the target, the chosen ε, the simulated NFE and its plateau.
+    ``eps_start`` stays tied to ``eps / 10`` unless ``config`` fixed it. A target out of reach with these
+    settings logs a warning and takes the nearest plateau.
+
+    Args:
+        config: the rule's settings (its ``eps`` is ignored, everything else is kept).
+        target_nfe: computed steps wanted per generation (of the calibration grid's T steps).
+        target_speedup: instead of ``target_nfe``: T / ``target_speedup`` computed steps.
+
+    Returns:
+        A new :class:`~sencache.SenCacheConfig`.
+    """
+    if target_nfe is not None and target_speedup is not None:
+        raise SenCacheError("give target_nfe or target_speedup, not both")
+    if target_nfe is None and target_speedup is None:
+        raise SenCacheError("give target_nfe or target_speedup")
+    traj = trajectories_of(config.profile)
+    T = traj.num_steps
+    if target_speedup is not None:
+        x = target_speedup
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 1:
+            raise SenCacheError(f"target_speedup must be a number >= 1 (got {x!r})")
+        target = T / float(x)
+    else:
+        target = target_nfe
+        if isinstance(target, bool) or not isinstance(target, (int, float)):
+            raise SenCacheError(f"target_nfe must be a number (got {target!r})")
+    given = None if config.eps_start_tied else config.eps_start
+    result = solve_eps(config, target, traj, eps_start=given)
+    result["eps_start_given"] = given is not None
+    chosen = replace(config, eps=result["eps"], eps_start=given, budget=result)
+    if abs(result["simulated_nfe"] - target) > 0.5:
+        lo, hi = result["reachable_nfe"]
+        logger.warning(
+            f"sencache: target NFE {target:g} is out of reach with max_reuse={config.max_reuse}, "
+            f"final_steps={config.final_steps} (simulated NFE spans {lo:g}..{hi:g}); using eps={chosen.eps:.4g} "
+            f"(simulated NFE {result['simulated_nfe']:g})")
+    return chosen
+
+
+def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
+    """Solve ε for ``target_nfe`` with the default rule settings and store it in ``profile.metadata``
+    (``recommended_eps``, ``target_nfe``, ``budget``). Returns the budget dict."""
+
+    config = with_target(SenCacheConfig(profile, **config_kwargs), float(target_nfe))
+    budget = dict(config.budget)
+    profile.metadata["recommended_eps"] = config.eps
+    profile.metadata["target_nfe"] = float(target_nfe)
+    profile.metadata["budget"] = budget
+    return budget
+
+
+def recommended_eps(profile, default: float | None = None) -> float | None:
+    """The profile's ``recommended_eps`` for the default rule, or ``default`` when it has none.
+
+    A profile written before the default ε schedule changed holds an ε solved for another schedule, which
+    would miss its NFE target; when it still holds its calibration trajectories, ε is solved again here for
+    the stored ``target_nfe`` (an offline replay, no model call), with a log line saying so."""
+    meta = profile.metadata
+    eps = meta.get("recommended_eps")
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        return default
+    current = as_schedule(DEFAULT_EPS_SCHEDULE).to_dict()
+    solved_for = (meta.get("budget") or {}).get("eps_schedule", current)
+    target = meta.get("target_nfe")
+    if solved_for == current or not isinstance(target, (int, float)) or "trajectories" not in meta:
+        return float(eps)
+    eps = with_target(SenCacheConfig(profile), float(target)).eps
+    logger.info(
+        "the profile's recommended_eps was solved for eps schedule %s; solved again for %s at target NFE %g: eps %.4g",
+        (solved_for or {}).get("name", "constant"), current["name"], target, eps)
+    return float(eps)

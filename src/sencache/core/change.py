@@ -1,0 +1,25 @@
+"""The predicted output change S, written once: the online rule, the offline replay and the correction use it.
+
+    S = ‖J_x‖(t_ref) · rms(x − x_ref) + ‖J_t‖(t_ref) · |t − t_ref|
+
+A first-order bound on how far the denoiser's output has moved since the reference point (the last
+refresh), from the profile's sensitivities at the reference timestep. Works elementwise on floats,
+numpy arrays and torch tensors alike. Distances are RMS over every element of a sample
+(:func:`rms_per_sample`), so ε means the same at any resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def predicted_change(jx, dx, jt, dt):
+    """S from the sensitivities (``jx`` = ‖J_x‖, ``jt`` = ‖J_t‖, RMS units) and the input changes
+    (``dx`` = rms(x − x_ref), ``dt`` = |t − t_ref| in the transformer's timestep units)."""
+    return jx * dx + jt * dt
+
+
+def rms_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over every dimension but the first: (B, ...) -> (B,), in float32."""
+    flat = x.detach().reshape(x.shape[0], -1).float()
+    return flat.pow(2).mean(dim=1).sqrt()

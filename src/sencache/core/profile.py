@@ -1,0 +1,194 @@
+"""SensitivityProfile: how sensitive a denoiser is to its inputs, per timestep.
+
+For each timestep t of a calibration grid it stores ‖J_x‖(t) and ‖J_t‖(t), the mean secant
+sensitivities of the denoiser output to the noisy latent and to the timestep. Both are in RMS units
+(rms(Δoutput)/rms(Δx) and rms(Δoutput)/|Δt|), so a tolerance ε means the same at any resolution.
+Timesteps are in the units the transformer receives (``metadata['timestep_unit']``), and
+:meth:`lookup` interpolates linearly between grid points (clamped at the ends), so one profile
+serves any step count or shift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sencache.errors import ProfileError
+
+FORMAT = "sencache-profile/1"
+
+
+def model_config_hash(model: torch.nn.Module) -> str:
+    """A short stable hash of a diffusers model's constructor config (private '_' keys ignored)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return "unknown"
+    items = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+    text = json.dumps(items, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_class_name(model: torch.nn.Module) -> str:
+    """The class name a profile records for ``model`` (checked by :meth:`SensitivityProfile.check_model`)."""
+    return type(model).__name__
+
+
+def _as_float_list(name: str, values) -> list[float]:
+    try:
+        out = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"profile field '{name}' must be a list of numbers ({exc})") from None
+    return out
+
+
+@dataclass
+class SensitivityProfile:
+    """How sensitive a denoiser is to its inputs, per timestep of a calibration grid.
+
+    Args:
+        timesteps: the grid, in the units the transformer receives (``metadata['timestep_unit']``).
+        jx: ‖J_x‖(t), mean secant sensitivity to the noisy latent: rms(Δoutput) / rms(Δx), unit-free.
+        jt: ‖J_t‖(t), mean secant sensitivity to the timestep: rms(Δoutput) / |Δt|, per timestep unit.
+        spread: per-timestep percentiles over the calibration samples (``jx_p10``, ``jt_p90``, ``count``, ...).
+        curves: extra curves on the same grid (``jt_raw``, ``jt_smooth``).
+        **metadata: how it was measured (model class and config hash, prompts, seeds, steps, stored
+            trajectories for budget mode, ...); saved with the profile.
+    """
+    timesteps: list[float]
+    jx: list[float]
+    jt: list[float]
+    spread: dict[str, list[float]] = field(default_factory=dict)  # e.g. jx_p10, jx_p50, jx_p90, count
+    curves: dict[str, list[float]] = field(default_factory=dict)  # extra curves, e.g. jt_raw, jt_guided
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, timesteps, jx, jt, spread=None, curves=None, **metadata):
+        self.timesteps = _as_float_list("timesteps", timesteps)
+        self.jx = _as_float_list("jx", jx)
+        self.jt = _as_float_list("jt", jt)
+        self.spread = {k: _as_float_list(k, v) for k, v in (spread or {}).items()}
+        self.curves = {k: _as_float_list(k, v) for k, v in (curves or {}).items()}
+        meta = dict(metadata.pop("metadata", {}) or {})
+        meta.update(metadata)
+        self.metadata = meta
+        self._validate()
+        order = np.argsort(self.timesteps)
+        self._t = torch.tensor(np.asarray(self.timesteps)[order], dtype=torch.float64)
+        self._jx = torch.tensor(np.asarray(self.jx)[order], dtype=torch.float64)
+        self._jt = torch.tensor(np.asarray(self.jt)[order], dtype=torch.float64)
+
+    def _validate(self) -> None:
+        n = len(self.timesteps)
+        if n == 0:
+            raise ProfileError("profile has no timesteps; run `sencache calibrate` to measure one")
+        for name, values in [("jx", self.jx), ("jt", self.jt), *self.spread.items(), *self.curves.items()]:
+            if len(values) != n:
+                raise ProfileError(f"profile field '{name}' has {len(values)} entries but there are {n} timesteps")
+        for name, values in [("timesteps", self.timesteps), ("jx", self.jx), ("jt", self.jt)]:
+            if not all(math.isfinite(v) for v in values):
+                raise ProfileError(f"profile field '{name}' holds NaN or inf; recalibrate the profile")
+        if min(self.jx) < 0 or min(self.jt) < 0:
+            raise ProfileError("profile sensitivities must be >= 0; recalibrate the profile")
+        if len(set(self.timesteps)) != n:
+            raise ProfileError("profile timesteps must be distinct")
+
+    # --- lookup -------------------------------------------------------------------------------
+    def lookup(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """‖J_x‖ and ‖J_t‖ at timestep(s) t: linear interpolation, clamped outside the grid."""
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        return interpolate(tt, self._t, self._jx), interpolate(tt, self._t, self._jt)
+
+    # --- compatibility ------------------------------------------------------------------------
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a profile measured on another model class or config."""
+        want_cls = self.metadata.get("model_class")
+        have_cls = model_class_name(model)
+        if want_cls and want_cls != have_cls:
+            raise ProfileError(
+                f"profile was calibrated for {want_cls} but the model is {have_cls}; "
+                f"run `sencache calibrate` on this model"
+            )
+        want_hash = self.metadata.get("config_hash")
+        have_hash = model_config_hash(model)
+        if want_hash and have_hash != "unknown" and want_hash != have_hash:
+            raise ProfileError(
+                f"profile was calibrated for a {want_cls} with another config (hash {want_hash}, this model "
+                f"{have_hash}); run `sencache calibrate` on this model"
+            )
+
+    # --- io -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The JSON-able form (``format`` = ``sencache-profile/1``)."""
+        return {
+            "format": FORMAT,
+            "timesteps": self.timesteps,
+            "jx": self.jx,
+            "jt": self.jt,
+            "spread": self.spread,
+            "curves": self.curves,
+            "metadata": self.metadata,
+        }
+
+    def save(self, path) -> Path:
+        """Write the profile as JSON, atomically (a half-written file never replaces a good one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        tmp.replace(path)  # never leave a half-written profile behind
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SensitivityProfile":
+        """The profile in ``data`` (as :meth:`to_dict` wrote it); a ProfileError says what is wrong."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ProfileError(f"not a sencache profile (expected format '{FORMAT}')")
+        for key in ("timesteps", "jx", "jt"):
+            if key not in data:
+                raise ProfileError(f"profile is missing '{key}'; recalibrate it with `sencache calibrate`")
+        return cls(
+            data["timesteps"], data["jx"], data["jt"],
+            spread=data.get("spread") or {}, curves=data.get("curves") or {}, metadata=data.get("metadata") or {},
+        )
+
+    @classmethod
+    def load(cls, path) -> "SensitivityProfile":
+        """Read a profile JSON file; a ProfileError says what is wrong (missing, not JSON, malformed, NaN)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ProfileError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise ProfileError(f"profile {path} is not valid JSON ({exc}); recalibrate it") from None
+        return cls.from_dict(data)
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (
+            f"SensitivityProfile({len(self.timesteps)} timesteps {min(self.timesteps):g}..{max(self.timesteps):g}, "
+            f"model={m.get('model_class', '?')}, samples={m.get('num_samples', '?')})"
+        )
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``fp`` at ``x`` over the ascending grid ``xp``, clamped at the ends (float64)."""
+    if xp.numel() == 1:
+        return fp.expand_as(x).clone()
+    x = x.clamp(xp[0], xp[-1])
+    idx = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = (x - x0) / (x1 - x0)
+    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])

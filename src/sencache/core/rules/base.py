@@ -1,0 +1,62 @@
+"""The contract every caching rule follows.
+
+A rule is pure: tensors and numbers in, a decision out. It knows nothing of diffusers or modules.
+The adapter (``sencache.hooks``) calls ``decide`` once per denoising step (on the first transformer
+call of the step; the other CFG branches of that step follow the same decision) and
+``observe_refresh`` after the block stack really ran, so that rules which learn from real outputs
+(MagCache ratios, TeaCache accumulators, SenCache references) can update their per-sample state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+
+from sencache.core.change import rms_per_sample
+
+
+@dataclass
+class StepInput:
+    """What the adapter observes at one denoising step, for a batch of B samples."""
+
+    step: int  # 0-based index of the denoising step
+    num_steps: int  # T, total steps of this generation
+    timestep: torch.Tensor  # (B,) float, in the units the transformer receives
+    latent: torch.Tensor  # (B, ...) the transformer's noisy input
+    modulation: torch.Tensor | None = None  # (B, ...) timestep conditioning fed to the first block
+    # (B, ...) -> (B,) root-mean-square per sample. Under context parallelism each rank holds a slice of
+    # the latent; the adapter then passes a reducer that sums squares and element counts over the ranks
+    # (sencache.parallel), so rules stay free of torch.distributed and see the RMS of the whole latent.
+    rms: Callable[[torch.Tensor], torch.Tensor] = rms_per_sample
+
+
+@dataclass
+class Decision:
+    """Per-sample verdict for one step. ``reuse[i]`` True means sample i skips the block stack."""
+
+    reuse: torch.Tensor  # (B,) bool
+    score: torch.Tensor | None  # (B,) float, the rule's own error estimate (None if it has none)
+    eps: float  # the threshold the score was compared with at this step
+    reason: list[str] | None = None  # optional per-sample reason ("first", "final", "max_reuse", ...)
+
+
+class Rule(Protocol):
+    """What the adapter needs from a caching rule: fresh state, a decision per step, news of refreshes."""
+    name: str
+
+    def new_state(self, batch_size: int) -> Any:
+        """Fresh per-generation state for ``batch_size`` samples."""
+
+    def decide(self, state: Any, inp: StepInput) -> Decision:
+        """Decide reuse/refresh for every sample at this step. Must not mutate tensors in ``inp``."""
+
+    def observe_refresh(self, state: Any, inp: StepInput, rows: torch.Tensor, residual: torch.Tensor | None) -> None:
+        """The block stack ran for the samples where ``rows`` (B,) is True; ``residual`` holds their new
+        block-stack residual (rows selected, shape (R, ...)) of the conditional branch, or None."""
+
+
+def in_final_steps(step: int, num_steps: int, final_steps: int) -> bool:
+    """True when ``step`` is one of the last ``final_steps`` of ``num_steps`` (which always compute)."""
+    return final_steps > 0 and step >= num_steps - final_steps

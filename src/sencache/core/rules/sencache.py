@@ -1,0 +1,317 @@
+"""The SenCache rule: reuse while the first-order predicted output change stays under ε.
+
+    S = ‖J_x(t_ref)‖ · rms(x − x_ref) + ‖J_t(t_ref)‖ · |t − t_ref|
+
+x_ref and t_ref are the latent and timestep at the sample's last refresh (deltas accumulate from
+there, not step to step); the sensitivities are looked up once, at t_ref. A sample reuses iff
+S ≤ ε(step) and it has reused fewer than ``max_reuse`` steps in a row. ε is ``eps_start`` during
+the first ``warmup_fraction`` of the steps (the early, structure-forming steps) and ``eps · g(s)``
+after, with g the ε schedule below. The first step and the last ``final_steps`` steps always
+compute; a non-finite S always refreshes.
+
+Beyond the paper (only the ε schedule is on by default; ``eps_schedule="constant"`` gives exactly
+the paper's rule):
+
+* **Budget mode** — ``sencache.budget.with_target(config, target_nfe=N)`` (or ``target_speedup=x``,
+  i.e. N = T/x) returns the config with ``eps`` picked by replaying this very rule offline on the
+  calibration trajectories stored in the profile (:mod:`sencache.core.budget`); ``eps_start`` follows
+  as ``eps / 10`` unless given.
+* **ε schedule** — ``eps_schedule`` (an :class:`~sencache.core.schedule.EpsSchedule` or a preset name) makes the
+  post-warm-up threshold ``eps · g(s)`` with s = step / (T − 1); the warm-up keeps ``eps_start``.
+  The default, ``"power2"`` (g = ((1 + s) / 1.5)², 0.44 at the start, 1.78 at the end), is stricter
+  early and looser late: at equal NFE it beat the constant ε on three demo models and on 16 held-out
+  prompt/seed pairs (docs/results.md). ``None`` or ``"constant"`` is the paper's fixed ε.
+* **Per-sample correction** — ``correction=True``: at every refresh the rule compares the real
+  change of the sample's block-stack residual since its previous refresh with the S it predicted
+  for that interval, and scales the sample's future S by a bounded, smoothed ratio (see
+  :meth:`SenCacheRule.observe_refresh` for the units).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sencache.core.change import predicted_change
+from sencache.core.correction import correction_normaliser, normaliser_at
+from sencache.core.profile import SensitivityProfile
+from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
+from sencache.core.schedule import (
+    DEFAULT_EPS_SCHEDULE,
+    as_schedule,
+    threshold,
+    tied_eps_start,
+)
+from sencache.errors import SenCacheError
+
+logger = logging.getLogger("sencache")
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SenCacheConfig:
+    """Settings of the SenCache rule; a plain config (building it runs nothing).
+
+    Args:
+        profile: the model's :class:`~sencache.SensitivityProfile` (``sencache calibrate`` measures one).
+        eps: tolerance ε on the predicted change S, in RMS units of the model output per element (the same
+            at any resolution). Larger reuses more. 0 disables reuse. Budget mode picks it for you:
+            ``sencache.budget.with_target(config, target_nfe=25)``.
+        eps_start: ε during the warm-up steps; None ties it to ``eps / 10`` (the paper's ratio for Wan).
+        warmup_fraction: fraction of the steps (from the first) that use ``eps_start``; the early,
+            structure-forming steps. In [0, 1].
+        max_reuse: at most this many reused steps in a row per sample (the paper's n). 0 disables reuse.
+        final_steps: the last this many steps always compute.
+        eps_schedule: shape g of the post-warm-up threshold ε(step) = eps · g(step / (T − 1)): an
+            :class:`~sencache.core.schedule.EpsSchedule`, a preset name ("power2", the default; "constant",
+            the paper's fixed ε; ...), knots, or None (= constant).
+        correction: per-sample correction of S from the observed residual changes (needs the profile's
+            normaliser, :func:`sencache.calibration.correction.calibrate_correction`).
+        correction_bounds: (low, high) clamp of the correction factor; 0 < low <= 1 <= high.
+        correction_momentum: weight of the old factor in the running mean, in [0, 1).
+        budget: filled by budget mode (:func:`sencache.budget.with_target`): target, chosen eps, simulated
+            NFE, plateau; None otherwise.
+    """
+
+    profile: SensitivityProfile
+    eps: float = 0.1
+    eps_start: float | None = None
+    warmup_fraction: float = 0.2
+    max_reuse: int = 3
+    final_steps: int = 1
+    eps_schedule: Any = DEFAULT_EPS_SCHEDULE
+    correction: bool = False
+    correction_bounds: tuple = (0.5, 2.0)
+    correction_momentum: float = 0.5
+    budget: dict | None = field(default=None, repr=False)
+    eps_start_tied: bool = field(default=True, init=False, repr=False)  # eps_start follows eps / 10
+
+    name = "sencache"
+
+    def __post_init__(self):
+        if not isinstance(self.profile, SensitivityProfile):
+            raise SenCacheError(
+                "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
+                "or measure one with `sencache calibrate`"
+            )
+        self.eps_schedule = as_schedule(self.eps_schedule)
+        self._check_correction()
+        self.eps_start_tied = self.eps_start is None
+        if self.eps_start is None:
+            self.eps_start = tied_eps_start(self.eps) if isinstance(self.eps, (int, float)) else self.eps
+        for field_name in ("eps", "eps_start"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+                raise SenCacheError(f"{field_name} must be a number >= 0 (got {value!r}); 0 disables reuse")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise SenCacheError(f"warmup_fraction must be in [0, 1] (got {self.warmup_fraction!r})")
+        if not isinstance(self.max_reuse, int) or self.max_reuse < 0:
+            raise SenCacheError(f"max_reuse must be an integer >= 0 (got {self.max_reuse!r}); 0 disables reuse")
+        if not isinstance(self.final_steps, int) or self.final_steps < 0:
+            raise SenCacheError(f"final_steps must be an integer >= 0 (got {self.final_steps!r})")
+
+    def _check_correction(self) -> None:
+        try:
+            lo, hi = (float(v) for v in self.correction_bounds)
+        except (TypeError, ValueError):
+            raise SenCacheError(f"correction_bounds must be (low, high) (got {self.correction_bounds!r})") from None
+        if not (0 < lo <= 1.0 <= hi < math.inf):
+            raise SenCacheError(f"correction_bounds must satisfy 0 < low <= 1 <= high < inf (got {(lo, hi)})")
+        self.correction_bounds = (lo, hi)
+        m = self.correction_momentum
+        if not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+            raise SenCacheError(f"correction_momentum must be in [0, 1) (got {m!r})")
+        if self.correction:
+            correction_normaliser(self.profile)  # fail now, not mid-generation
+
+    def warmup_steps(self, num_steps: int) -> int:
+        """Steps (from the first) that use ``eps_start``."""
+        return round(self.warmup_fraction * num_steps)
+
+    def eps_at(self, step: int, num_steps: int) -> float:
+        """The threshold ε in force at ``step`` of ``num_steps``."""
+        return threshold(self.eps, self.eps_start, step, num_steps, self.warmup_steps(num_steps), self.eps_schedule)
+
+    def build_rule(self) -> "SenCacheRule":
+        """A fresh :class:`SenCacheRule` for the adapter."""
+        return SenCacheRule(self)
+
+
+# --------------------------------------------------------------------------------------------
+# rule
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SenCacheState:
+    """Per-generation state of the rule, one row per sample (CPU float64 except the latent reference)."""
+
+    x_ref: torch.Tensor | None = None  # (B, ...) latent at each sample's last refresh
+    t_ref: torch.Tensor | None = None  # (B,) float64
+    jx_ref: torch.Tensor | None = None  # (B,) float64, ‖J_x‖ looked up at t_ref
+    jt_ref: torch.Tensor | None = None
+    reuse_run: torch.Tensor | None = None  # (B,) consecutive reuses since the last refresh
+    # per-sample correction (only used with correction=True)
+    factor: torch.Tensor | None = None  # (B,) float64, multiplies S
+    residual_ref: torch.Tensor | None = None  # (B, ...) cond-branch residual at the last refresh
+    has_residual: torch.Tensor | None = None  # (B,) bool
+    pending_s: torch.Tensor | None = None  # (B,) raw S of the interval that ended with this step's refresh
+    pending_t: torch.Tensor | None = None  # (B,) t_ref at the start of that interval
+    pending_gap: torch.Tensor | None = None  # (B,) its length in steps
+    step_ref: torch.Tensor | None = None  # (B,) step of the last refresh
+    last_ratio: torch.Tensor | None = None  # (B,) last observed (normalised) real / predicted, NaN if none
+
+
+def change_since_refresh(state: SenCacheState, x: torch.Tensor, t: torch.Tensor, rms=rms_per_sample) -> torch.Tensor:
+    """S per sample since its last refresh, in float64 on the CPU (B values: cheap, and exact enough to compare with ε).
+
+    ``rms`` is the per-sample RMS to use (:attr:`StepInput.rms`: across all ranks under context parallelism)."""
+    dx = rms(x - state.x_ref.to(x.device, x.dtype)).double().cpu()
+    dt = (t.double().cpu() - state.t_ref).abs()
+    return predicted_change(state.jx_ref, dx, state.jt_ref, dt)
+
+
+class SenCacheRule:
+    """The rule itself (see the module docstring); built by :meth:`SenCacheConfig.build_rule`."""
+
+    name = "sencache"
+
+    def __init__(self, config: SenCacheConfig):
+        self.config = config
+        self._norm = correction_normaliser(config.profile) if config.correction else None
+        self._warned_steps = False
+
+    def new_state(self, batch_size: int) -> SenCacheState:
+        """Fresh state for ``batch_size`` samples (references are set at the first step)."""
+        return SenCacheState()
+
+    def decide(self, state: SenCacheState, inp: StepInput) -> Decision:
+        """Per sample: reuse iff S ≤ ε(step) and fewer than ``max_reuse`` reuses in a row; the first and the
+        final steps compute; a non-finite S refreshes. Moves the references of the refreshing samples.
+        """
+        cfg = self.config
+        batch = inp.latent.shape[0]
+        self._check_budget_steps(inp.num_steps)
+        eps = cfg.eps_at(inp.step, inp.num_steps)
+        t = inp.timestep.reshape(batch, -1)[:, 0]
+        raw = None
+        if state.x_ref is None or state.x_ref.shape != inp.latent.shape:
+            reuse = torch.zeros(batch, dtype=torch.bool)
+            score = None
+            reasons = ["first"] * batch
+        else:
+            raw = change_since_refresh(state, inp.latent, t, inp.rms)
+            score = raw * state.factor if cfg.correction else raw
+            finite = torch.isfinite(score)
+            under = finite & (score <= eps)
+            room = state.reuse_run < cfg.max_reuse
+            reuse = under & room
+            reasons = [
+                "reuse" if r else ("non-finite" if not f else ("max_reuse" if u else "above_eps"))
+                for r, f, u in zip(reuse.tolist(), finite.tolist(), under.tolist())
+            ]
+            if in_final_steps(inp.step, inp.num_steps, cfg.final_steps):
+                reuse = torch.zeros_like(reuse)
+                reasons = ["final"] * batch
+        if cfg.correction:
+            self._note_interval(state, inp.step, batch, raw, reuse)
+        self._advance(state, inp, t, reuse)
+        return Decision(reuse=reuse, score=score, eps=eps, reason=reasons)
+
+    def _check_budget_steps(self, num_steps: int) -> None:
+        budget = self.config.budget
+        if budget and not self._warned_steps and budget.get("num_steps") not in (None, num_steps):
+            self._warned_steps = True
+            logger.warning(
+                f"sencache: eps={self.config.eps:.4g} was chosen for {budget['num_steps']} steps "
+                f"(target NFE {budget.get('target_nfe')}), but this generation has {num_steps}; "
+                f"recalibrate with --steps {num_steps} for a budget at this step count")
+
+    def _advance(self, state: SenCacheState, inp: StepInput, t: torch.Tensor, reuse: torch.Tensor) -> None:
+        refresh = ~reuse
+        t64 = t.double().cpu()
+        jx, jt = self.config.profile.lookup(t64)
+        if state.x_ref is None or state.x_ref.shape != inp.latent.shape:
+            state.x_ref = inp.latent.detach().clone()
+            state.t_ref, state.jx_ref, state.jt_ref = t64.clone(), jx, jt
+            state.reuse_run = torch.zeros(inp.latent.shape[0], dtype=torch.long)
+            return
+        if refresh.any():
+            rows = refresh.to(state.x_ref.device)
+            state.x_ref[rows] = inp.latent.detach()[rows].to(state.x_ref.dtype)
+            state.t_ref[refresh] = t64[refresh]
+            state.jx_ref[refresh] = jx[refresh]
+            state.jt_ref[refresh] = jt[refresh]
+        state.reuse_run = torch.where(reuse, state.reuse_run + 1, torch.zeros_like(state.reuse_run))
+
+    # --- per-sample correction -------------------------------------------------------------
+    def _note_interval(self, state: SenCacheState, step: int, batch: int, raw: torch.Tensor | None,
+                       reuse: torch.Tensor) -> None:
+        """Before the references move: remember, for the rows that refresh now, the S predicted for the
+        interval since their previous refresh, the timestep it started at and its length in steps."""
+        nan = torch.full((batch,), math.nan, dtype=torch.float64)
+        if state.factor is None or state.factor.shape[0] != batch or raw is None:
+            state.factor = torch.ones(batch, dtype=torch.float64)
+            state.has_residual = torch.zeros(batch, dtype=torch.bool)
+            state.last_ratio = nan.clone()
+            state.residual_ref = None
+            state.pending_s, state.pending_t = nan.clone(), nan.clone()
+            state.pending_gap = torch.zeros(batch, dtype=torch.long)
+            state.step_ref = torch.full((batch,), step, dtype=torch.long)
+            return
+        refresh = ~reuse.cpu()
+        state.pending_s = torch.where(refresh, raw, nan)
+        state.pending_t = torch.where(refresh, state.t_ref, nan)
+        state.pending_gap = torch.where(refresh, step - state.step_ref, torch.zeros_like(state.step_ref))
+        state.step_ref = torch.where(refresh, torch.full_like(state.step_ref, step), state.step_ref)
+
+    def observe_refresh(self, state, inp, rows, residual) -> None:
+        """Per-sample correction (``correction=True`` only; otherwise nothing to learn).
+
+        Units: S predicts the RMS change of the model *output*, but the rule sees the block-stack
+        *residual* (hidden width, not output units). The real change of a refreshed sample is
+        q = rms(r_now − r_prev) / (S_pred · ρ̄(t_prev, gap)), where ρ̄(t, g) is the population's typical
+        rms(Δr) / S for uncached intervals of g steps starting at t, measured on calibration
+        trajectories (:func:`sencache.budget.calibrate_correction`; per gap, because Δr grows more
+        slowly than the first-order S over longer intervals). So q = 1 means "this sample changed
+        exactly as much as S predicts for an average sample", q = 2 "twice as much". The factor follows
+        c ← clamp(m·c + (1 − m)·q, low, high) with m = ``correction_momentum``, and the next
+        decisions compare c·S with ε. Both S and rms(Δr) accumulate from the previous refresh, so
+        every refresh after the first gives one observation per sample, reused or not in between.
+        """
+        if not self.config.correction or residual is None:
+            return
+        batch = rows.shape[0]
+        if state.factor is None or state.factor.shape[0] != batch:
+            return
+        rows = rows.cpu().bool()
+        idx = rows.nonzero().flatten()
+        if idx.numel() == 0:
+            return
+        new = residual.detach().float()
+        if state.residual_ref is None or state.residual_ref.shape[1:] != new.shape[1:]:
+            state.residual_ref = new.new_zeros((batch, *new.shape[1:]))
+            state.has_residual = torch.zeros(batch, dtype=torch.bool)
+        prev = state.residual_ref.index_select(0, idx.to(new.device))
+        real = inp.rms(new - prev).double().cpu()  # the whole residual, also when it is sharded
+        s_pred = state.pending_s.index_select(0, idx)
+        t_prev = state.pending_t.index_select(0, idx)
+        gap = state.pending_gap.index_select(0, idx)
+        had = state.has_residual.index_select(0, idx)
+        ok = had & torch.isfinite(s_pred) & (s_pred > 0) & torch.isfinite(t_prev) & torch.isfinite(real) & (gap > 0)
+        if bool(ok.any()):
+            norm = normaliser_at(self._norm, torch.where(ok, t_prev, torch.zeros_like(t_prev)), gap.clamp_min(1))
+            q = real / (s_pred * norm)
+            lo, hi = self.config.correction_bounds
+            m = self.config.correction_momentum
+            old = state.factor.index_select(0, idx)
+            upd = (m * old + (1.0 - m) * q).clamp(lo, hi)
+            state.factor[idx[ok]] = upd[ok]
+            state.last_ratio[idx[ok]] = q[ok]
+        state.residual_ref[idx.to(new.device)] = new
+        state.has_residual[idx] = True
+        state.pending_s[idx] = math.nan

@@ -1,0 +1,486 @@
+"""A registry of named caching methods, all under one accounting of the work they really do.
+
+Each entry (:class:`MethodSpec`) knows how to put its cache on a pipeline and how to take it off:
+
+    spec = get_method("magcache")
+    handle = spec.apply(pipe, 0.12, MethodContext(num_inference_steps=50, baselines=baselines))
+    frames = generate(pipe, prompt, seed, num_inference_steps=50).frames
+    handle.stats()   # {"nfe": 27, "computed": 54, "calls": 100, "skipped_steps": [...], "schedule": [...]}
+    handle.remove()
+
+Methods: ``none`` (no cache hooks at all: the reference); ours through :func:`sencache.enable` —
+``sencache``, ``magcache``, ``magcache-final`` (last steps always computed: the strong control),
+``teacache``, ``fixed``, ``fixed-final``; diffusers' own caches through ``transformer.enable_cache`` —
+``fbcache``, ``seacache``, ``taylorseer``, ``diffusers-magcache``; and cache-dit's DBCache (``dbcache``)
+when ``cache_dit`` is importable.
+
+**Accounting.** Every handle carries a :class:`StepCounter`, made of plain torch hooks that no cache
+touches: a forward pre-hook on the transformer cuts the calls into denoising steps (a new step when the
+timestep changes), and a forward pre-hook on the first ``nn.Linear`` inside the *last* block counts the calls
+in which the block stack really ran (a cache that skips the stack never reaches it; TaylorSeer's predicted
+blocks and FirstBlockCache's always-run first block do not count). From that:
+
+* ``calls`` — transformer calls (2 per step with classifier-free guidance), ``computed`` — calls in which the
+  block stack ran, ``steps`` — denoising steps;
+* ``nfe`` — block-stack runs in full-step units: ``computed / (calls / steps)``. For caches that decide once
+  per step for both CFG branches (ours, MagCache, TaylorSeer, DBCache) it is the number of computed steps; a
+  cache that decides per branch (FirstBlockCache, SeaCache) can give a fraction;
+* ``schedule`` — per step, whether the stack ran in the step's first call (the cond branch, sample 0);
+  ``skipped_steps`` — steps in which it ran in no call.
+
+For our methods ``stats()["trace"]`` also holds the adapter's own trace summary, which must agree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from sencache.adapter import hooks
+from sencache.adapter.layout import find_block_stack
+from sencache.core.rules import (
+    FixedConfig,
+    MagCacheConfig,
+    SenCacheConfig,
+    TeaCacheConfig,
+)
+from sencache.core.schedule import DEFAULT_EPS_SCHEDULE
+from sencache.errors import SenCacheError
+from sencache.harness.counter import StepCounter
+
+REFERENCE = "none"
+
+__all__ = [
+    "METHODS",
+    "REFERENCE",
+    "MethodContext",
+    "MethodHandle",
+    "MethodSpec",
+    "StepCounter",
+    "available_methods",
+    "final_step_count",
+    "get_method",
+    "method_names",
+    "quiet_sencache",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Handles
+# --------------------------------------------------------------------------------------------------
+
+
+class MethodHandle:
+    """A method applied to one pipeline. ``stats()`` describes the last generation; ``remove()`` undoes it."""
+
+    def __init__(self, name: str, value, setting: dict, pipe, counter: StepCounter, undo: Callable[[], None],
+                 extra: Callable[[], dict] | None = None):
+        self.name, self.value, self.setting, self.pipe = name, value, setting, pipe
+        self.counter = counter
+        self._undo, self._extra = undo, extra
+        self.removed = False
+
+    def reset(self) -> None:
+        self.counter.reset()
+
+    def stats(self) -> dict:
+        out = self.counter.stats()
+        if self._extra is not None:
+            out.update(self._extra())
+        return out
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        try:
+            self._undo()
+        finally:
+            self.counter.remove()
+
+    def __enter__(self) -> "MethodHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+# --------------------------------------------------------------------------------------------------
+# Context and specs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MethodContext:
+    """What a method may need besides its threshold: step count, SenCache profile, calibrated baselines."""
+
+    num_inference_steps: int = 50
+    profile: Any = None  # SensitivityProfile
+    baselines: Any = None  # sencache.baseline_calibration.Baselines
+
+
+def final_step_count(num_inference_steps: int) -> int:
+    """Steps the "-final" controls always compute: the last 10 % (at least 1)."""
+    return max(1, int(round(0.1 * num_inference_steps)))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str  # reference | ours | diffusers | cache-dit
+    description: str
+    param: str | None  # name of the threshold parameter that the sweep varies
+    default: float | int | None
+    sweep: tuple = ()
+    integer: bool = False  # the parameter is an integer (interval)
+    higher_is_faster: bool = True
+    needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks"
+    _settings: Callable[[Any, MethodContext], dict] = field(default=None, repr=False)
+    _attach: Callable[[Any, Any, dict, MethodContext], tuple[Callable[[], None], Callable[[], dict] | None]] = field(
+        default=None, repr=False)
+
+    def coerce(self, value):
+        if value is None:
+            value = self.default
+        if self.param is None:
+            return None
+        if self.integer:
+            if float(value) != int(value) or int(value) < 1:
+                raise SenCacheError(f"{self.name}: {self.param} must be an integer >= 1, got {value!r}")
+            return int(value)
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise SenCacheError(f"{self.name}: {self.param} must be a finite number >= 0, got {value!r}")
+        return value
+
+    def unavailable(self, ctx: MethodContext | None = None, pipe=None) -> str | None:
+        """Why this method cannot run here ("skipped: ..."), or None."""
+        ctx = ctx or MethodContext()
+        if "cache_dit" in self.needs and not cache_dit_available():
+            return "skipped: cache-dit not installed"
+        if "profile" in self.needs and ctx.profile is None:
+            return "skipped: no sensitivity profile (run `sencache calibrate`)"
+        if "baselines" in self.needs and ctx.baselines is None:
+            return "skipped: no calibrated baselines (baselines.json)"
+        if "diffusers_ratios" in self.needs and ctx.baselines is not None and not ctx.baselines.diffusers_magcache_ratios:
+            return "skipped: baselines hold no diffusers MagCache ratios (recalibrate)"
+        if "two_blocks" in self.needs and pipe is not None:
+            if len(find_block_stack(pipe.transformer).blocks) < 2:
+                return f"skipped: {self.name} needs at least 2 transformer blocks"
+        return None
+
+    def setting(self, value=None, ctx: MethodContext | None = None) -> dict:
+        """The full, JSON-able setting of this method at ``value`` (what results record)."""
+        ctx = ctx or MethodContext()
+        value = self.coerce(value)
+        out = {"method": self.name, "family": self.family}
+        if self.param is not None:
+            out[self.param] = value
+        if self._settings is not None:
+            out.update(self._settings(value, ctx))
+        return out
+
+    def setting_id(self, value=None) -> str:
+        value = self.coerce(value)
+        return self.name if self.param is None else f"{self.param}={value:g}"
+
+    def apply(self, pipe, value=None, ctx: MethodContext | None = None) -> MethodHandle:
+        """Put this method on ``pipe``; returns the handle (remove it before applying another method)."""
+        ctx = ctx or MethodContext()
+        reason = self.unavailable(ctx, pipe)
+        if reason is not None:
+            raise SenCacheError(f"{self.name} cannot run: {reason.removeprefix('skipped: ')}")
+        value = self.coerce(value)
+        setting = self.setting(value, ctx)
+        counter = StepCounter(pipe.transformer)
+        try:
+            undo, extra = self._attach(pipe, value, setting, ctx) if self._attach else (lambda: None, None)
+        except BaseException:
+            counter.remove()
+            raise
+        return MethodHandle(self.name, value, setting, pipe, counter, undo, extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ours, through sencache.enable
+# --------------------------------------------------------------------------------------------------
+
+SENCACHE_MAX_REUSE = 3
+SENCACHE_FINAL_STEPS = 1
+MAGCACHE_MAX_SKIP = 2  # the paper's "slow" Wan setting
+MAGCACHE_RETENTION = 0.2
+TEACACHE_ORDER = 1
+TEACACHE_FINAL_STEPS = 1
+
+
+def ours_config(name: str, value, ctx: MethodContext):
+    """The sencache-adapter config of one of our methods (sencache, magcache, teacache, fixed, ...) at ``value``."""
+
+    T = ctx.num_inference_steps
+    if name == "sencache":
+        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
+                              eps_schedule=DEFAULT_EPS_SCHEDULE)
+    if name in ("magcache", "magcache-final"):
+        return MagCacheConfig(ratios=ctx.baselines.magcache_ratios, threshold=float(value), max_skip=MAGCACHE_MAX_SKIP,
+                              retention_ratio=MAGCACHE_RETENTION,
+                              final_steps=final_step_count(T) if name == "magcache-final" else 0)
+    if name == "teacache":
+        return TeaCacheConfig(threshold=float(value), coefficients=ctx.baselines.teacache(TEACACHE_ORDER),
+                              final_steps=TEACACHE_FINAL_STEPS)
+    if name in ("fixed", "fixed-final"):
+        return FixedConfig(interval=int(value), final_steps=final_step_count(T) if name == "fixed-final" else 0)
+    raise KeyError(name)
+
+
+def _ours_settings(name: str):
+    def settings(value, ctx: MethodContext) -> dict:
+        T = ctx.num_inference_steps
+        if name == "sencache":
+            cfg = {"eps_start": float(value) / 10, "warmup_fraction": 0.2, "max_reuse": SENCACHE_MAX_REUSE,
+                   "final_steps": SENCACHE_FINAL_STEPS, "eps_schedule": DEFAULT_EPS_SCHEDULE}
+            if ctx.profile is not None:
+                meta = ctx.profile.metadata
+                cfg["profile"] = {k: meta[k] for k in ("model_class", "config_hash", "num_samples") if k in meta}
+            return cfg
+        if name in ("magcache", "magcache-final"):
+            cfg = {"max_skip": MAGCACHE_MAX_SKIP, "retention_ratio": MAGCACHE_RETENTION,
+                   "final_steps": final_step_count(T) if name == "magcache-final" else 0}
+            if ctx.baselines is not None:
+                cfg["ratios"] = f"{len(ctx.baselines.magcache_ratios)}-step table from 1 uncached run"
+                cfg["ratios_prompt"] = ctx.baselines.magcache_prompt
+            return cfg
+        if name == "teacache":
+            cfg = {"order": TEACACHE_ORDER, "final_steps": TEACACHE_FINAL_STEPS}
+            if ctx.baselines is not None:
+                cfg["coefficients"] = list(ctx.baselines.teacache(TEACACHE_ORDER))
+            return cfg
+        if name in ("fixed", "fixed-final"):
+            return {"warmup_steps": 0, "final_steps": final_step_count(T) if name == "fixed-final" else 0}
+        return {}
+
+    return settings
+
+
+def _attach_ours(name: str):
+    def attach(pipe, value, setting, ctx: MethodContext):
+        session = hooks.enable(pipe, ours_config(name, value, ctx))
+
+        def extra() -> dict:
+            summary = session.summary()
+            records = session.trace.records
+            steps = sorted({r.step for r in records})
+            computed = {r.step for r in records if r.sample == 0 and r.computed}
+            return {"trace": summary, "trace_schedule": [s in computed for s in steps]}
+
+        return (lambda: hooks.disable(pipe)), extra
+
+    return attach
+
+
+def _attach_none(pipe, value, setting, ctx):
+    return (lambda: None), None
+
+
+# --------------------------------------------------------------------------------------------------
+# diffusers' built-in caches
+# --------------------------------------------------------------------------------------------------
+
+# Wan's blocks are "blocks.0", "blocks.1", ...: cache whole blocks (TaylorSeer's default identifiers,
+# "^blocks.*attn", fullmatch nothing on Wan, whose attention modules are attn1/attn2).
+TAYLORSEER_IDENTIFIERS = (r"blocks\.\d+", r"transformer_blocks\.\d+")
+TAYLORSEER_WARMUP = 3
+DIFFUSERS_MAGCACHE_MAX_SKIP = 3
+DIFFUSERS_MAGCACHE_RETENTION = 0.2
+
+
+def _diffusers_config(name: str, value, ctx: MethodContext):
+    import diffusers
+
+    T = ctx.num_inference_steps
+    if name == "fbcache":
+        return diffusers.FirstBlockCacheConfig(threshold=float(value))
+    if name == "seacache":
+        return diffusers.SeaCacheConfig(threshold=float(value))
+    if name == "taylorseer":
+        return diffusers.TaylorSeerCacheConfig(
+            cache_interval=int(value), disable_cache_before_step=TAYLORSEER_WARMUP, max_order=1,
+            taylor_factors_dtype=torch.float32, cache_identifiers=list(TAYLORSEER_IDENTIFIERS))
+    if name == "diffusers-magcache":
+        return diffusers.MagCacheConfig(
+            threshold=float(value), max_skip_steps=DIFFUSERS_MAGCACHE_MAX_SKIP,
+            retention_ratio=DIFFUSERS_MAGCACHE_RETENTION, num_inference_steps=T,
+            mag_ratios=list(ctx.baselines.diffusers_magcache_ratios))
+    raise KeyError(name)
+
+
+def _diffusers_settings(name: str):
+    def settings(value, ctx: MethodContext) -> dict:
+        if name == "fbcache":
+            return {"note": "block 0 always runs; the rest is skipped per CFG branch"}
+        if name == "seacache":
+            return {"residual_order": 1, "retention_steps": 1, "cache_end_steps": 1, "max_consecutive_cached": 2}
+        if name == "taylorseer":
+            return {"disable_cache_before_step": TAYLORSEER_WARMUP, "max_order": 1, "taylor_factors_dtype": "float32",
+                    "cache_identifiers": list(TAYLORSEER_IDENTIFIERS)}
+        if name == "diffusers-magcache":
+            return {"max_skip_steps": DIFFUSERS_MAGCACHE_MAX_SKIP, "retention_ratio": DIFFUSERS_MAGCACHE_RETENTION,
+                    "mag_ratios": "from a MagCacheConfig(calibrate=True) run (baselines.json)"}
+        return {}
+
+    return settings
+
+
+def _attach_diffusers(name: str):
+    def attach(pipe, value, setting, ctx: MethodContext):
+        transformer = pipe.transformer
+        hooks.disable(pipe)  # never stack two caches
+        if transformer.is_cache_enabled:
+            transformer.disable_cache()
+        config = _diffusers_config(name, value, ctx)
+        transformer.enable_cache(config)
+        if name == "taylorseer" and not _taylorseer_hooked(transformer):
+            transformer.disable_cache()
+            raise SenCacheError("TaylorSeer's cache_identifiers matched no module of this transformer")
+        return transformer.disable_cache, None
+
+    return attach
+
+
+def _taylorseer_hooked(transformer) -> bool:
+    from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
+
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(_TAYLORSEER_CACHE_HOOK) is not None:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# cache-dit DBCache (optional)
+# --------------------------------------------------------------------------------------------------
+
+DBCACHE_FN = 1
+DBCACHE_BN = 0
+
+
+def cache_dit_available() -> bool:
+    try:
+        _import_cache_dit()
+    except ImportError:
+        return False
+    return True
+
+
+def _import_cache_dit():
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # its info/warning chatter would bury the progress bar
+    import cache_dit  # noqa: PLC0415 (optional dependency)
+
+    return cache_dit
+
+
+def _dbcache_warmup(T: int) -> int:
+    return max(1, int(round(0.16 * T)))  # cache-dit's default 8 warm-up steps at T = 50
+
+
+def _dbcache_settings(value, ctx: MethodContext) -> dict:
+    return {"Fn_compute_blocks": DBCACHE_FN, "Bn_compute_blocks": DBCACHE_BN,
+            "max_warmup_steps": _dbcache_warmup(ctx.num_inference_steps), "cache_dit": _cache_dit_version()}
+
+
+def _cache_dit_version() -> str | None:
+    try:
+        return _import_cache_dit().__version__
+    except ImportError:
+        return None
+
+
+def _attach_dbcache(pipe, value, setting, ctx: MethodContext):
+    cache_dit = _import_cache_dit()
+    hooks.disable(pipe)
+    config = cache_dit.DBCacheConfig(
+        Fn_compute_blocks=DBCACHE_FN, Bn_compute_blocks=DBCACHE_BN, residual_diff_threshold=float(value),
+        max_warmup_steps=_dbcache_warmup(ctx.num_inference_steps), num_inference_steps=ctx.num_inference_steps)
+    cache_dit.enable_cache(pipe, cache_config=config)
+
+    def extra() -> dict:
+        try:
+            stats = cache_dit.summary(pipe, logging=False)
+        except Exception as exc:  # summary is a report, never a reason to fail a run
+            return {"cache_dit_summary": f"unavailable: {exc}"}
+        first = stats[0] if stats else None
+        if first is None:
+            return {}
+        return {"cache_dit_cached_steps": list(getattr(first, "cached_steps", []) or []),
+                "cache_dit_cfg_cached_steps": list(getattr(first, "cfg_cached_steps", []) or [])}
+
+    return (lambda: cache_dit.disable_cache(pipe)), extra
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------------
+
+
+def _spec(name, family, description, param, default, sweep, needs=(), integer=False, settings=None, attach=None):
+    return MethodSpec(name=name, family=family, description=description, param=param, default=default,
+                      sweep=tuple(sweep), integer=integer, needs=tuple(needs), _settings=settings, _attach=attach)
+
+
+METHODS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in [
+        _spec("none", "reference", "no cache: every step runs the whole block stack", None, None, (),
+              attach=_attach_none),
+        _spec("sencache", "ours", "SenCache: reuse while the first-order predicted change S <= eps", "eps", 0.1,
+              (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",), settings=_ours_settings("sencache"),
+              attach=_attach_ours("sencache")),
+        _spec("magcache", "ours", "MagCache: accumulated magnitude-ratio error (table from one run)", "threshold",
+              0.12, (0.02, 0.06, 0.12, 0.24, 0.5, 1.0), needs=("baselines",), settings=_ours_settings("magcache"),
+              attach=_attach_ours("magcache")),
+        _spec("magcache-final", "ours", "MagCache that always computes the last 10 % of the steps", "threshold",
+              0.12, (0.02, 0.06, 0.12, 0.24, 0.5, 1.0), needs=("baselines",),
+              settings=_ours_settings("magcache-final"), attach=_attach_ours("magcache-final")),
+        _spec("teacache", "ours", "TeaCache: accumulated rescaled change of the timestep modulation", "threshold",
+              0.2, (0.05, 0.1, 0.2, 0.3, 0.5, 0.8), needs=("baselines",), settings=_ours_settings("teacache"),
+              attach=_attach_ours("teacache")),
+        _spec("fixed", "ours", "compute every k-th step, reuse in between", "interval", 2, (2, 3, 4, 5),
+              integer=True, settings=_ours_settings("fixed"), attach=_attach_ours("fixed")),
+        _spec("fixed-final", "ours", "every k-th step, and always the last 10 % of the steps", "interval", 2,
+              (2, 3, 4, 5), integer=True, settings=_ours_settings("fixed-final"), attach=_attach_ours("fixed-final")),
+        _spec("fbcache", "diffusers", "diffusers FirstBlockCache (block 0 decides)", "threshold", 0.05,
+              (0.02, 0.05, 0.1, 0.2, 0.4), needs=("two_blocks",), settings=_diffusers_settings("fbcache"),
+              attach=_attach_diffusers("fbcache")),
+        _spec("seacache", "diffusers", "diffusers SeaCache (spectral change of the latent)", "threshold", 0.25,
+              (0.05, 0.1, 0.25, 0.5, 1.0), settings=_diffusers_settings("seacache"),
+              attach=_attach_diffusers("seacache")),
+        _spec("taylorseer", "diffusers", "diffusers TaylorSeer (fixed interval, Taylor forecast of block outputs)",
+              "cache_interval", 3, (2, 3, 4, 5, 6), integer=True, settings=_diffusers_settings("taylorseer"),
+              attach=_attach_diffusers("taylorseer")),
+        _spec("diffusers-magcache", "diffusers", "diffusers MagCache (ratios from its calibrate=True run)",
+              "threshold", 0.06, (0.02, 0.06, 0.12, 0.24, 0.5, 1.0), needs=("baselines", "diffusers_ratios"),
+              settings=_diffusers_settings("diffusers-magcache"), attach=_attach_diffusers("diffusers-magcache")),
+        _spec("dbcache", "cache-dit", "cache-dit DBCache F1B0 (first block decides, the rest is cached)",
+              "residual_diff_threshold", 0.08, (0.04, 0.08, 0.12, 0.2, 0.3), needs=("cache_dit", "two_blocks"),
+              settings=_dbcache_settings, attach=_attach_dbcache),
+    ]
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise SenCacheError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}") from None
+
+
+def available_methods(ctx: MethodContext | None = None, pipe=None) -> list[str]:
+    return [n for n, s in METHODS.items() if s.unavailable(ctx, pipe) is None]
