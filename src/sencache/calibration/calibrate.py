@@ -1,6 +1,6 @@
 """Measure a model's sensitivity profile: ‖J_x‖(t) and ‖J_t‖(t) on its sampling grid.
 
-    profile = sencache.calibrate.calibrate(pipe, ["a red ball rolls left"], num_inference_steps=50, num_samples=8)
+    profile = sencache.calibrate(pipe, ["a red ball rolls left"], num_inference_steps=50, num_samples=8)
     profile.save("profile.json")
 
 or ``sencache calibrate --model DIR --prompts prompts.txt --steps 50 --samples 8 --out profile.json``,
@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sencache.adapter.hooks import active_session
 from sencache.calibration.secants import (
@@ -60,17 +61,14 @@ from sencache.runtime import distributed as dist
 from sencache.version import __version__
 
 
-# --------------------------------------------------------------------------------------------
-# calibrate()
-# --------------------------------------------------------------------------------------------
 @dataclass
-class _Sample:
+class Sample:
+    """One calibration sample: its index i, prompt, generator seed and (source b) video index."""
+
     index: int
     prompt: str
     seed: int
     video: int | None = None  # index into the loaded videos
-
-
 
 
 def _refuse_active_cache(pipe) -> None:
@@ -92,7 +90,7 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     ``i % len(videos)`` instead; a ``NAME.txt`` next to a video is its prompt, else ``prompts`` cycle
     (or the empty prompt). ``guided=True`` measures the CFG-combined output instead of the conditional
     branch. ``pipe_kwargs``: height, width, num_frames, guidance_scale, negative_prompt,
-    max_sequence_length, attention_kwargs (pipeline defaults, or the demo model's, otherwise).
+    max_sequence_length, attention_kwargs (pipeline defaults, or the model family's, otherwise).
 
     ‖J_t‖ zig-zags from step to step; the profile keeps ``curves['jt_raw']`` and a (1,2,1)/4-smoothed
     ``curves['jt_smooth']``; ``jt_curve`` chooses which one becomes ``jt`` (default raw: which serves
@@ -116,29 +114,7 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
 
     target = target_for(pipe, pipe_kwargs)
     _refuse_active_cache(pipe)
-
-    # samples, and their videos (every rank reads all used videos, so a bad file fails everywhere alike)
-    frames: list[np.ndarray] = []
-    video_names: list[str] = []
-    samples: list[_Sample] = []
-    if videos is not None:
-        paths = list_videos(videos) if isinstance(videos, (str, Path)) else [Path(p) for p in videos]
-        if not paths:
-            raise SenCacheError("videos is empty; pass a folder of .mp4, .gif or .npy videos")
-        paths = paths[:num_samples]
-        for p in paths:
-            frames.append(load_video(p))
-            video_names.append(p.name)
-        for i in range(num_samples):
-            v = i % len(paths)
-            caption = paths[v].with_suffix(".txt")
-            if caption.is_file():
-                prompt = caption.read_text(encoding="utf-8").strip()
-            else:
-                prompt = prompts[i % len(prompts)] if prompts else ""
-            samples.append(_Sample(i, prompt, seed + i, v))
-    else:
-        samples = [_Sample(i, prompts[i % len(prompts)], seed + i) for i in range(num_samples)]
+    samples, frames, video_names = plan_samples(prompts, videos, num_samples, seed)
 
     dist.init_if_needed()
     grid_scheduler = copy.deepcopy(pipe.scheduler)
@@ -146,23 +122,64 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     grid = [float(t) for t in grid_scheduler.timesteps]
     if len(set(grid)) != len(grid):
         raise SenCacheError(f"the scheduler's {len(grid)}-step grid repeats a timestep; use another step count")
-
     per_step = target.forwards_per_step(guided)
+    if progress and dist.is_main():
+        _announce(num_samples, len(grid), per_step)
+
     mine = dist.shard(samples)
-    main = dist.is_main()
-    if progress and main:
-        total = num_samples * len(grid) * per_step
-        ranks = dist.world_size()
-        print(f"sencache calibrate: {num_samples} samples x {len(grid)} timesteps x {per_step} forwards "
-              f"= {total} transformer forwards" + (f" over {ranks} ranks (~{math.ceil(total / ranks)} each)"
-                                                   if ranks > 1 else ""), file=sys.stderr)
+    payload, failure = _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps, guided,
+                                progress and dist.is_main(), len(grid))
+    outcome = _gather(payload, num_samples, grid, jt_curve)
+    if outcome[0] == "error":
+        if failure is not None:
+            raise failure
+        if len(outcome) > 2 and outcome[2] is not None and dist.is_main():
+            raise outcome[2]
+        rank, message = outcome[1][0]
+        raise SenCacheError(f"calibration failed on rank {rank}: {message}")
+    _, fields, curves = outcome
+    metadata = profile_metadata(pipe, target, guided, videos is not None, video_names, jt_curve, samples,
+                                num_inference_steps, per_step)
+    if videos is None and all(c.dist is not None for c in curves):
+        metadata["trajectories"] = trajectory_metadata(grid, [np.asarray(c.dist) for c in curves],
+                                                       metadata["prompts"], metadata["seeds"])
+    return SensitivityProfile(**fields, metadata=metadata)
 
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(mine) * len(grid), desc="calibrating", unit="step", disable=not (progress and main),
-               file=sys.stderr)
-    payload: tuple
-    failure: BaseException | None = None
+def plan_samples(prompts: list[str], videos, num_samples: int, seed: int) -> tuple[list[Sample], list, list[str]]:
+    """(samples, video frames, video names): sample i's prompt, seed and video. Every rank reads every used
+    video, so a bad file fails everywhere alike."""
+    if videos is None:
+        return [Sample(i, prompts[i % len(prompts)], seed + i) for i in range(num_samples)], [], []
+    paths = list_videos(videos) if isinstance(videos, (str, Path)) else [Path(p) for p in videos]
+    if not paths:
+        raise SenCacheError("videos is empty; pass a folder of .mp4, .gif or .npy videos")
+    paths = paths[:num_samples]
+    frames = [load_video(p) for p in paths]
+    samples = []
+    for i in range(num_samples):
+        v = i % len(paths)
+        caption = paths[v].with_suffix(".txt")
+        if caption.is_file():
+            prompt = caption.read_text(encoding="utf-8").strip()
+        else:
+            prompt = prompts[i % len(prompts)] if prompts else ""
+        samples.append(Sample(i, prompt, seed + i, v))
+    return samples, frames, [p.name for p in paths]
+
+
+def _announce(num_samples: int, steps: int, per_step: int) -> None:
+    total = num_samples * steps * per_step
+    ranks = dist.world_size()
+    print(f"sencache calibrate: {num_samples} samples x {steps} timesteps x {per_step} forwards "
+          f"= {total} transformer forwards" + (f" over {ranks} ranks (~{math.ceil(total / ranks)} each)"
+                                               if ranks > 1 else ""), file=sys.stderr)
+
+
+def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: int, guided: bool, show: bool,
+             steps: int) -> tuple[tuple, BaseException | None]:
+    """This rank's samples measured: (("ok", [(index, curves), ...]) or ("error", message), the exception)."""
+    bar = tqdm(total=len(mine) * steps, desc="calibrating", unit="step", disable=not show, file=sys.stderr)
     try:
         results = []
         with torch.inference_mode():
@@ -180,16 +197,19 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
                                             on_step=bar.update)
                 curves.final = None  # only the numbers travel to rank 0
                 results.append((sample.index, curves))
-        payload = ("ok", results)
+        return ("ok", results), None
     except Exception as exc:
-        failure = exc
-        payload = ("error", str(exc) or type(exc).__name__)
+        return ("error", str(exc) or type(exc).__name__), exc
     finally:
         bar.close()
 
+
+def _gather(payload: tuple, num_samples: int, grid: list[float], jt_curve: str) -> tuple:
+    """Every rank's payload to rank 0, aggregated there in global sample order, and the outcome back to every
+    rank: ("ok", profile fields, curves) or ("error", [(rank, message)], the exception on rank 0 or None)."""
     gathered = dist.gather_objects(payload)
-    outcome = None
-    if main:
+    outcome, failure = None, None
+    if dist.is_main():
         errors = [(r, p[1]) for r, p in enumerate(gathered) if p[0] == "error"]
         if errors:
             outcome = ("error", errors)
@@ -199,22 +219,21 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
                 outcome = ("error", [(0, "ranks returned an inconsistent set of samples")])
             else:
                 try:
-                    fields = aggregate(grid, [c for _, c in ordered], jt_curve=jt_curve)
-                    outcome = ("ok", fields, [c for _, c in ordered])
+                    outcome = ("ok", aggregate(grid, [c for _, c in ordered], jt_curve=jt_curve),
+                               [c for _, c in ordered])
                 except SenCacheError as exc:
                     failure = exc
                     outcome = ("error", [(0, str(exc))])
     outcome = dist.broadcast_object(outcome)
-    if outcome[0] == "error":
-        if failure is not None:
-            raise failure
-        rank, message = outcome[1][0]
-        raise SenCacheError(f"calibration failed on rank {rank}: {message}")
+    return outcome if outcome[0] == "ok" else (*outcome, failure)
 
 
+def profile_metadata(pipe, target, guided: bool, from_videos: bool, video_names: list[str], jt_curve: str,
+                     samples: list[Sample], num_inference_steps: int, per_step: int) -> dict:
+    """What a profile records about how it was measured (model, scheduler, branch, size, prompts, seeds, ...)."""
     sched_cfg = dict(getattr(pipe.scheduler, "config", {}) or {})
     shift = sched_cfg.get("flow_shift", sched_cfg.get("shift"))
-    metadata = dict(
+    return dict(
         model_class=model_class_name(target.transformer),
         config_hash=model_config_hash(target.transformer),
         pipeline_class=type(pipe).__name__,
@@ -223,16 +242,16 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
         timestep_unit=TIMESTEP_UNIT,
         branch=target.branch(guided),
         guidance=target.guidance,
-        source="videos" if videos is not None else "trajectory",
+        source="videos" if from_videos else "trajectory",
         videos=video_names,
-        jx_direction="one solver step (the sampler's next latent)" if videos is None else
-        "one solver step of a fresh scheduler at t_k",
+        jx_direction="one solver step of a fresh scheduler at t_k" if from_videos else
+        "one solver step (the sampler's next latent)",
         jt_curve=jt_curve,
         jt_smoothing=SMOOTHING,
         latent_shape=list(target.latent_shape),
         calibration_size={"num_frames": target.num_frames, "height": target.height, "width": target.width},
         dtype=str(target.dtype).replace("torch.", ""),
-        num_samples=num_samples,
+        num_samples=len(samples),
         num_inference_steps=num_inference_steps,
         prompts=[s.prompt for s in samples],
         seeds=[s.seed for s in samples],
@@ -241,7 +260,3 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
         sencache_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    if videos is None and all(c.dist is not None for c in outcome[2]):
-        metadata["trajectories"] = trajectory_metadata(grid, [np.asarray(c.dist) for c in outcome[2]],
-                                                       metadata["prompts"], metadata["seeds"])
-    return SensitivityProfile(**outcome[1], metadata=metadata)

@@ -260,10 +260,13 @@ def audit(pipe, prompts: Sequence[str], seeds: Sequence[int], config, *, baselin
 def _describe(cfg) -> dict:
     out = {"config": type(cfg).__name__}
     for key in ("eps", "eps_start", "max_reuse", "final_steps", "warmup_fraction", "threshold", "max_skip",
-                "retention_ratio", "correction", "target_nfe"):
+                "retention_ratio", "correction"):
         value = getattr(cfg, key, None)
         if isinstance(value, (int, float, bool)) and value is not None:
             out[key] = value
+    budget = getattr(cfg, "budget", None)
+    if isinstance(budget, dict) and isinstance(budget.get("target_nfe"), (int, float)):
+        out["target_nfe"] = budget["target_nfe"]  # budget mode picked eps for this target
     sched = getattr(cfg, "eps_schedule", None)
     if sched is not None:
         out["eps_schedule"] = sched.to_dict()

@@ -26,7 +26,6 @@ recorded in ``results.json["failures"]`` with its prompt, seed, rank and error; 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -35,15 +34,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sencache.adapter.hooks import quiet_sencache
 from sencache.adapter.parallel import parallel_config_of
 from sencache.errors import SenCacheError
 from sencache.harness import report
 from sencache.harness.methods import REFERENCE, MethodContext, get_method
-from sencache.harness.metrics import PSNR_CAP_DB, lpips_weights_path, video_metrics
+from sencache.harness.metrics import PSNR_CAP_DB, lpips_weights_path
+from sencache.harness.runner import against_reference
 from sencache.runtime import distributed as dist
 from sencache.runtime.generation import generate
-from sencache.runtime.prompts import check_disjoint, read_prompts
+from sencache.runtime.prompts import check_disjoint
 from sencache.runtime.video import as_uint8
 from sencache.version import __version__
 
@@ -56,12 +55,9 @@ __all__ = [
     "make_jobs",
     "merge_records",
     "plan_variants",
-    "read_prompts",
     "run_job",
     "shard_jobs",
     "summarize",
-    "tune_threshold",
-    "tune_values",
     "write_outputs",
 ]
 
@@ -146,20 +142,6 @@ def plan_variants(methods: Sequence[str], sweep: bool = False, values: dict | No
 # --------------------------------------------------------------------------------------------------
 
 
-def _finite(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _metrics(ref: np.ndarray, test: np.ndarray, use_lpips: bool) -> dict:
-    m = video_metrics(ref, test, lpips=use_lpips)
-    psnr = float(m["psnr"])
-    return {"psnr": min(psnr, PSNR_CAP_DB), "psnr_capped": psnr >= PSNR_CAP_DB, "ssim": _finite(m["ssim"]),
-            "lpips": _finite(m.get("lpips"))}
-
-
 def _lpips_ready() -> bool:
     return lpips_weights_path().is_file()
 
@@ -171,36 +153,30 @@ def run_job(pipe, job: Job, variants: Sequence[Variant], ctx: MethodContext, gui
     ``record`` is JSON-able; ``frames`` maps "none" and each primary variant key to uint8 (F, H, W, 3).
     """
 
-    T = ctx.num_inference_steps
     frames: dict[str, np.ndarray] = {}
+    gen_kwargs = dict(num_inference_steps=ctx.num_inference_steps, guidance_scale=guidance_scale)
 
-    def one(method: str, value) -> tuple[dict, np.ndarray]:
-        spec = get_method(method)
-        handle = spec.apply(pipe, value, ctx)
-        try:
-            with quiet_sencache():
-                out = generate(pipe, job.prompt, job.seed, num_inference_steps=T, guidance_scale=guidance_scale)
-            stats = handle.stats()
-        finally:
-            handle.remove()
-        return {"wall_s": out.seconds, **stats}, out.frames
-
-    ref_stats, ref_frames = one(REFERENCE, None)
-    if progress is not None:
-        progress.update(1)
-    if keep_frames:
-        frames[REFERENCE] = as_uint8(ref_frames)
-    runs = {}
-    for v in variants:
-        stats, test = one(v.method, v.value)
-        run = {"method": v.method, "value": v.value, **stats, **_metrics(ref_frames, test, use_lpips)}
-        run["speedup"] = ref_stats["wall_s"] / stats["wall_s"] if stats["wall_s"] > 0 else None
-        runs[v.key] = run
-        if keep_frames and v.primary:
-            frames[v.key] = as_uint8(test)
+    def on_run(key, run, scores) -> None:
         if progress is not None:
             progress.update(1)
-            progress.set_postfix_str(f"{v.key} nfe={stats['nfe']} psnr={run['psnr']:.1f}")
+            if key is not None:
+                progress.set_postfix_str(f"{key} nfe={run.stats['nfe']} psnr={scores['psnr']:.1f}")
+
+    caches = {v.key: (lambda v=v: get_method(v.method).apply(pipe, v.value, ctx)) for v in variants}
+    ref, results = against_reference(pipe, job.prompt, job.seed, gen_kwargs, caches, use_lpips,
+                                     reference=lambda: get_method(REFERENCE).apply(pipe, None, ctx), on_run=on_run)
+    ref_stats = {"wall_s": ref.seconds, **ref.stats}
+    if keep_frames:
+        frames[REFERENCE] = as_uint8(ref.frames)
+    runs = {}
+    for v in variants:
+        run, scores = results[v.key]
+        stats = {"wall_s": run.seconds, **run.stats}
+        entry = {"method": v.method, "value": v.value, **stats, **scores}
+        entry["speedup"] = ref_stats["wall_s"] / stats["wall_s"] if stats["wall_s"] > 0 else None
+        runs[v.key] = entry
+        if keep_frames and v.primary:
+            frames[v.key] = as_uint8(run.frames)
     record = {"job": job.index, "prompt": job.prompt, "seed": job.seed, "reference": ref_stats, "runs": runs}
     return record, frames
 

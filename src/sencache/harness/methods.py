@@ -65,7 +65,6 @@ __all__ = [
     "final_step_count",
     "get_method",
     "method_names",
-    "quiet_sencache",
 ]
 
 

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 __all__ = [
     "PSNR_CAP_DB",
     "LPIPSWeightsMissing",
