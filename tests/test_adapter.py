@@ -297,3 +297,28 @@ def test_bare_transformer_needs_step_count_or_a_pipeline():
     sencache.enable(transformer, SenCacheConfig(flat_profile("WanTransformer3DModel"), eps=0.1))
     with pytest.raises(SenCacheError, match="num_inference_steps"):
         transformer(x, torch.tensor([900.0]), text)
+
+
+def test_recorder_reports_every_call_with_the_real_residual_and_removes_its_hooks():
+    from sencache.adapter.recorder import record_uncached
+
+    pipe = tiny_wan()
+    blocks = pipe.transformer.blocks
+    head, real = [], []  # block-stack input and residual per call, taken by plain torch hooks
+    handles = [blocks[0].register_forward_pre_hook(lambda m, a, k: head.append(k.get("hidden_states", a[0] if a else None)),
+                                                   with_kwargs=True),
+               blocks[-1].register_forward_hook(lambda m, a, out: real.append((out[0] if isinstance(out, tuple) else out)
+                                                                               - head[-1]))]
+    events = []
+    try:
+        record_uncached(pipe, lambda: pipe(prompt="a red circle", **wan_kwargs(steps=4)),
+                        lambda e: events.append((e.step, e.branch, e.decider, e.residual.clone(), bool(e.computed.all()),
+                                                 e.modulation is not None, len(e.records))))
+    finally:
+        for h in handles:
+            h.remove()
+    assert [(e[0], e[1]) for e in events] == [(k, b) for k in range(4) for b in ("cond", "uncond")]
+    assert [e[2] for e in events] == [True, False] * 4  # the step's first call decides
+    assert all(e[4] and e[5] and e[6] == 1 for e in events)  # everything computed, temb seen, one trace row each
+    assert len(real) == len(events) and all(torch.equal(e[3], r) for e, r in zip(events, real))
+    assert sencache.active_session(pipe) is None  # hooks gone afterwards

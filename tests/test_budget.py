@@ -198,6 +198,19 @@ def test_target_speedup_means_steps_over_speedup():
         with_target(SenCacheConfig(profile), target_nfe=40)
 
 
+def test_budget_mode_is_an_explicit_step_that_leaves_the_config_alone():
+    profile = synthetic_profile()
+    base = SenCacheConfig(profile, eps=0.5, max_reuse=2)
+    chosen = with_target(base, target_nfe=6)
+    assert base.eps == 0.5 and base.budget is None  # building or solving never changes the given config
+    assert chosen.budget["target_nfe"] == 6 and chosen.max_reuse == 2 and chosen.eps != 0.5
+    assert chosen.eps_start == pytest.approx(chosen.eps / 10)  # still tied: eps_start follows the new eps
+    fixed = with_target(SenCacheConfig(profile, eps_start=0.001), target_nfe=6)
+    assert fixed.eps_start == 0.001 and fixed.budget["eps_start_given"]
+    with pytest.raises(SenCacheError, match="with_target"):  # the old spelling says where budget mode went
+        SenCacheConfig(profile, target_nfe=6)
+
+
 def test_recommend_stores_eps_in_the_profile():
     profile = synthetic_profile()
     budget = recommend(profile, 7)

@@ -8,7 +8,7 @@ mix cached and fresh slices. So every rank must take the same reuse/refresh deci
 
 :class:`DecisionSync` makes that so, with two small collectives per step:
 
-* **global RMS** — the adapter hands the rule (through :attr:`sencache.rules.base.StepInput.rms`) a
+* **global RMS** — the adapter hands the rule (through :attr:`sencache.core.rules.base.StepInput.rms`) a
   reducer that all-reduces, per sample, the sum of squares and the element count, so the rule sees the
   RMS of the *whole* latent (or residual) even when its rank holds only a slice. SenCache's predicted
   change S is then the same number on every rank.

@@ -6,7 +6,7 @@
 * **TeaCache** needs a rescaling polynomial from the relative L1 change of the first block's timestep
   modulation (``temb``) to the relative L1 change of the transformer output. We record both, step after
   step, in uncached runs on every calibration prompt (conditional branch) and fit order 1 (and order 4 when
-  there are enough points) with :func:`~sencache.rules.teacache.fit_rescale_polynomial`.
+  there are enough points) with :func:`~sencache.core.rules.teacache.fit_rescale_polynomial`.
 * **diffusers' MagCache** is calibrated by its own ``MagCacheConfig(calibrate=True)`` run on the same prompt;
   the table it prints is captured and stored.
 
@@ -73,7 +73,7 @@ class Baselines:
     diffusers_magcache_ratios: list[float] | None = None
     teacache_points: dict[str, list[float]] = field(default_factory=dict)  # "input"/"output" pairs of the fit
     magcache_prompt: str | None = None
-    settings: dict[str, dict] = field(default_factory=dict)  # tuned thresholds (see sencache.compare.tune_threshold)
+    settings: dict[str, dict] = field(default_factory=dict)  # tuned thresholds (see sencache.harness.tuning.tune_threshold)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     # --- use ----------------------------------------------------------------------------------

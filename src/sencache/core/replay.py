@@ -76,14 +76,9 @@ def _eps_dependent_breakpoints(config, traj: Trajectories, eps_start: float | No
     gap = max(1, config.max_reuse)
     for d in traj.dist:
         for k in range(1, min(T, final_from)):
-            if k < warm:
-                if eps_start is not None:
-                    continue  # fixed threshold: does not move with eps
-                g = 0.1
-            elif config.eps_schedule is not None:
-                g = config.eps_schedule.factor(k, T)
-            else:
-                g = 1.0
+            if k < warm and eps_start is not None:
+                continue  # fixed threshold: does not move with eps
+            g = threshold(1.0, tied_eps_start(1.0), k, T, warm, config.eps_schedule)  # threshold per unit of eps
             if g <= 0:
                 continue
             j = np.arange(max(0, k - gap), k)

@@ -1,6 +1,6 @@
 """Audit: how well does each cache's own error estimate predict the error it really makes?
 
-    result = sencache.audit.audit(pipe, prompts, seeds, SenCacheConfig(profile, eps=0.1),
+    result = sencache.harness.audit.audit(pipe, prompts, seeds, SenCacheConfig(profile, eps=0.1),
                                   baselines=baselines, num_inference_steps=50, out_dir="runs/audit")
 
 For every method (SenCache, and MagCache / TeaCache when their calibrated ``baselines`` are given) and
@@ -23,7 +23,7 @@ and samples, and the within-step Spearman across samples (prompts x seeds) avera
 
 :func:`ablations` runs the paper's two ablations on SenCache — n = max_reuse 1…7 at a fixed ε, and an
 ε sweep at fixed n — against the uncached reference (NFE, PSNR, SSIM, LPIPS), as a markdown table
-and a plot. ``sencache audit`` (see :mod:`sencache.commands.audit`) drives all of it.
+and a plot. ``sencache audit`` (see :mod:`sencache.cli.audit`) drives all of it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 For every prompt x seed (a *job*) the uncached reference (``none``, no hooks) runs first; then every method
 at every setting (its default threshold, or its whole sweep). Fidelity is PSNR / SSIM / LPIPS of the raw
 frames against the reference frames (never an encoded video); cost is the NFE counted by
-:class:`sencache.methods.StepCounter` and the wall time of the pipeline call.
+:class:`sencache.harness.counter.StepCounter` and the wall time of the pipeline call.
 
 The work is cut so that a later change can shard it over ``torchrun`` ranks without touching the rest:
 :func:`make_jobs` is a pure function of the prompt and seed lists, :func:`run_job` runs one job and
@@ -14,7 +14,7 @@ returns a JSON-able record, :func:`merge_records` combines records from any numb
 order, and :func:`summarize` turns merged records into the results dict.
 
 Outputs in ``out_dir``: ``results.json``, ``results.md``, ``pareto.png`` and ``frames.npz`` (uint8 frames
-of the reference and of each method's primary setting, for :func:`sencache.report.write_report`).
+of the reference and of each method's primary setting, for :func:`sencache.harness.report.write_report`).
 
 Under ``torchrun --nproc_per_node=K sencache compare ...`` the jobs are sharded round-robin over the ranks
 (:func:`shard_jobs`); rank 0 gathers the records and frames, merges them (:func:`merge_records`) and writes

@@ -119,7 +119,7 @@ class MethodContext:
 
     num_inference_steps: int = 50
     profile: Any = None  # SensitivityProfile
-    baselines: Any = None  # sencache.baseline_calibration.Baselines
+    baselines: Any = None  # sencache.calibration.baselines.Baselines
 
 
 def final_step_count(num_inference_steps: int) -> int:

@@ -1,4 +1,4 @@
-"""Figures, tables and the static HTML page for the results of :func:`sencache.compare.compare`.
+"""Figures, tables and the static HTML page for the results of :func:`sencache.harness.compare.compare`.
 
 ``write_report(out_dir)`` reads ``results.json`` and ``frames.npz`` from a compare run and writes:
 

@@ -92,8 +92,8 @@ def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, 
                       schedules=None, **kwargs) -> dict:
     """Fixed ε against ε schedules at equal (simulated) NFE, on held-out ``prompts``.
 
-    ``schedules``: names of :data:`sencache.rules.sencache.SCHEDULE_PRESETS` (the default: all of them),
-    :class:`~sencache.rules.sencache.EpsSchedule` objects, or a dict name -> either. "constant" (the
+    ``schedules``: names of :data:`sencache.core.schedule.SCHEDULE_PRESETS` (the default: all of them),
+    :class:`~sencache.core.schedule.EpsSchedule` objects, or a dict name -> either. "constant" (the
     paper's fixed ε) is always included and is the baseline of the margin. Other keyword arguments
     go to :func:`compare_variants`.
     """

@@ -1,7 +1,7 @@
 """The contract every caching rule follows.
 
 A rule is pure: tensors and numbers in, a decision out. It knows nothing of diffusers or modules.
-The adapter (``sencache.hooks``) calls ``decide`` once per denoising step (on the first transformer
+The adapter (``sencache.adapter.hooks``) calls ``decide`` once per denoising step (on the first transformer
 call of the step; the other CFG branches of that step follow the same decision) and
 ``observe_refresh`` after the block stack really ran, so that rules which learn from real outputs
 (MagCache ratios, TeaCache accumulators, SenCache references) can update their per-sample state.
@@ -28,7 +28,7 @@ class StepInput:
     modulation: torch.Tensor | None = None  # (B, ...) timestep conditioning fed to the first block
     # (B, ...) -> (B,) root-mean-square per sample. Under context parallelism each rank holds a slice of
     # the latent; the adapter then passes a reducer that sums squares and element counts over the ranks
-    # (sencache.parallel), so rules stay free of torch.distributed and see the RMS of the whole latent.
+    # (sencache.adapter.parallel), so rules stay free of torch.distributed and see the RMS of the whole latent.
     rms: Callable[[torch.Tensor], torch.Tensor] = rms_per_sample
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import torch
@@ -91,10 +91,17 @@ class SenCacheConfig:
     correction_momentum: float = 0.5
     budget: dict | None = field(default=None, repr=False)
     eps_start_tied: bool = field(default=True, init=False, repr=False)  # eps_start follows eps / 10
+    # accepted only to say where budget mode went (it ran a solver inside the config before)
+    target_nfe: InitVar[float | None] = None
+    target_speedup: InitVar[float | None] = None
 
     name = "sencache"
 
-    def __post_init__(self):
+    def __post_init__(self, target_nfe=None, target_speedup=None):
+        if target_nfe is not None or target_speedup is not None:
+            raise SenCacheError(
+                "budget mode is an explicit step: config = sencache.budget.with_target(SenCacheConfig(profile, ...), "
+                "target_nfe=N) (or target_speedup=x)")
         if not isinstance(self.profile, SensitivityProfile):
             raise SenCacheError(
                 "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
@@ -276,7 +283,7 @@ class SenCacheRule:
         *residual* (hidden width, not output units). The real change of a refreshed sample is
         q = rms(r_now − r_prev) / (S_pred · ρ̄(t_prev, gap)), where ρ̄(t, g) is the population's typical
         rms(Δr) / S for uncached intervals of g steps starting at t, measured on calibration
-        trajectories (:func:`sencache.budget.calibrate_correction`; per gap, because Δr grows more
+        trajectories (:func:`sencache.calibration.correction.calibrate_correction`; per gap, because Δr grows more
         slowly than the first-order S over longer intervals). So q = 1 means "this sample changed
         exactly as much as S predicts for an average sample", q = 2 "twice as much". The factor follows
         c ← clamp(m·c + (1 − m)·q, low, high) with m = ``correction_momentum``, and the next
