@@ -1,4 +1,5 @@
-"""Reading a prompt file: one prompt per line; blank lines and lines starting with '#' are skipped."""
+"""Prompt lists: reading a prompt file (one prompt per line; blank lines and lines starting with '#' are skipped),
+and keeping evaluation prompts apart from calibration prompts (:func:`check_disjoint`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Side-by-side videos: a labelled grid of small videos, written as MP4 (imageio-ffmpeg) and GIF.
+"""Video files: one clip as MP4 and GIF (:func:`save_clip`), and side-by-side videos, a labelled grid of small
+videos written as MP4 (imageio-ffmpeg) and GIF.
 
 The demo model's frames are 32x32, so cells are upscaled by pixel repetition (nearest neighbour, no
 blurring) before they are laid out. Labels are rendered once with matplotlib's Agg canvas into plain
