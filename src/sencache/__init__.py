@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-from sencache.core import budget
+from sencache import budget
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules import (
     FixedConfig,

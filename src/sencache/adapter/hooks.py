@@ -163,7 +163,7 @@ class SenCacheBlockHook(ModelHook):
                 call.rows = call.compute.nonzero().flatten()
         if call.mode == "skip":
             if self.is_head:
-                hidden = call.head_hidden + s._cached(s._gen.residual, call.branch, call.head_hidden)
+                hidden = call.head_hidden + s._reused_residual(call.branch, call.head_hidden)
                 encoder = call.head_encoder
                 if encoder is not None and call.branch in s._gen.encoder_residual:
                     encoder = encoder + s._cached(s._gen.encoder_residual, call.branch, encoder)
@@ -199,7 +199,7 @@ class SenCacheBlockHook(ModelHook):
             s.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
         if rows is None:
             return output
-        merged_h = call.head_hidden + s._cached(gen.residual, call.branch, call.head_hidden)
+        merged_h = call.head_hidden + s._reused_residual(call.branch, call.head_hidden)
         merged_h = merged_h.index_copy(0, rows.to(merged_h.device), hidden)
         merged_e = None
         if encoder is not None:

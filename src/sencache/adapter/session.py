@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -44,6 +44,8 @@ class _Call:
     head_encoder: torch.Tensor | None = None
     ran_stack: bool = False
     modulation: torch.Tensor | None = None  # the first block's temb, for observers
+    t_cpu: torch.Tensor | None = None  # (B,) float64 timestep on the CPU (decisions and forecasts live there)
+    decider: bool = False  # this call asked the rule for the step's decision
     residual: torch.Tensor | None = None  # new block-stack residual of the computed rows, for observers
 
 
@@ -59,6 +61,10 @@ class _Generation:
     decider_branch: str | None = None
     reuse_run: torch.Tensor | None = None
     residual: dict = field(default_factory=dict)  # branch -> (B, ...) video-stream residual
+    # forecasting (rules whose decisions carry an order): the refresh before the last, per branch and row
+    residual_prev: dict = field(default_factory=dict)  # branch -> (B, ...) residual of the previous refresh
+    refresh_t: dict = field(default_factory=dict)  # branch -> (B,) float64 timestep of the last refresh
+    prev_t: dict = field(default_factory=dict)  # branch -> (B,) float64 timestep of the one before (NaN: none)
     encoder_residual: dict = field(default_factory=dict)
     has_residual: dict = field(default_factory=dict)  # branch -> (B,) bool
     call_index: int = 0
@@ -89,6 +95,7 @@ class CacheSession:
         self.sync = sync  # rank-consistent decisions (context parallelism), None: rank-local
         self.offload_residuals = bool(offload_residuals)
         self._pinned = torch.cuda.is_available()  # pinned host buffers only make sense next to CUDA
+        self.forecasts = bool(getattr(self.rule, "forecasts", False))  # keep the refresh before the last
         self.observers: list[SessionObserver] = list(observers)  # told of every call (CallEvent)
         self._remove = remove
 
@@ -104,8 +111,9 @@ class CacheSession:
 
     def disable(self) -> None:
         """Remove this cache's hooks from the transformer (same as ``sencache.disable(pipe)``)."""
-        if self._remove is not None:
-            self._remove()
+        if self._remove is None:
+            raise SenCacheError("this session was not made by sencache.enable; call sencache.disable(pipe)")
+        self._remove()
 
     def residuals(self) -> dict[str, torch.Tensor]:
         """The cached video-stream residual per branch (B, ...), wherever it lives; read-only use."""
@@ -179,17 +187,19 @@ class CacheSession:
         """Ask the rule once per step; later branches of the step follow the same verdict."""
         gen, call = self._gen, self._call
         call.modulation = modulation
+        call.t_cpu = call.timestep.detach().double().cpu()  # the one host sync of a call
+        call.decider = gen.decision is None
         if gen.decision is None:
             inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.timestep.cpu(),
                             latent=call.latent, modulation=modulation,
                             rms=self.sync.rms if self.sync is not None else rms_per_sample)
-            decision = self.rule.decide(gen.rule_state, inp)
+            decision = on_cpu(self.rule.decide(gen.rule_state, inp))
             if self.sync is not None:
                 decision = self._guard(decision, call.step)
             gen.decision, gen.step_input, gen.decider_branch = decision, inp, call.branch
             run = gen.reuse_run if gen.reuse_run is not None else torch.zeros(gen.batch, dtype=torch.long)
             gen.reuse_run = torch.where(decision.reuse, run + 1, torch.zeros_like(run))
-        reuse = gen.decision.reuse.cpu().bool()
+        reuse = gen.decision.reuse
         have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
         call.compute = ~(reuse & have)
         reasons = list(gen.decision.reason or [("reuse" if r else "refresh") for r in reuse.tolist()])
@@ -215,8 +225,7 @@ class CacheSession:
             logger.info(msg)
         else:
             self.trace.notes[gen.guard_note] = msg
-        return Decision(reuse=agreed.to(decision.reuse.device), score=decision.score, eps=decision.eps,
-                        reason=reasons)
+        return Decision(reuse=agreed, score=decision.score, eps=decision.eps, reason=reasons, order=decision.order)
 
     def _end_call(self, module=None, args: tuple = (), kwargs: dict | None = None, output=None) -> None:
         gen, call = self._gen, self._call
@@ -234,6 +243,7 @@ class CacheSession:
                 call=gen.call_index, step=call.step, timestep=float(call.timestep[row]), branch=call.branch,
                 sample=row, computed=bool(call.compute[row]), score=score, eps=None if decision.eps is None or math.isnan(decision.eps) else float(decision.eps),
                 reuse_run=int(gen.reuse_run[row]) if not call.compute[row] else 0, reason=call.reasons[row],
+                forecast=int(decision.order[row]) if decision.order is not None and not call.compute[row] else 0,
             ))
         gen.call_index += 1
         if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
@@ -242,7 +252,7 @@ class CacheSession:
         if self.observers:
             event = CallEvent(
                 call=gen.call_index - 1, step=call.step, num_steps=call.num_steps, branch=call.branch,
-                decider=call.branch == gen.decider_branch, timestep=call.timestep, latent=call.latent,
+                decider=call.decider, timestep=call.timestep, latent=call.latent,
                 modulation=call.modulation, computed=call.compute, residual=call.residual,
                 records=self.trace.records[first_record:], module=module, args=args, kwargs=kwargs or {},
                 output=output)
@@ -271,6 +281,8 @@ class CacheSession:
     def _store_residual(self, store: dict, branch: str, rows: torch.Tensor | None, value: torch.Tensor) -> None:
         batch = self._gen.batch
         value = value.detach()
+        if self.forecasts and store is self._gen.residual:
+            self._shift_history(branch, rows)
         if rows is None:
             store[branch] = self._offload(store.get(branch), value) if self.offload_residuals else value
             return
@@ -298,6 +310,60 @@ class CacheSession:
     def _cached(store: dict, branch: str, like: torch.Tensor) -> torch.Tensor:
         """The branch's cached residual on ``like``'s device and dtype (copied back if offloaded)."""
         return store[branch].to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+    # --- forecasting --------------------------------------------------------------------------
+    def _shift_history(self, branch: str, rows: torch.Tensor | None) -> None:
+        """Before the refreshing rows get their new residual: the old one becomes the previous refresh."""
+        gen, call = self._gen, self._call
+        batch = gen.batch
+        mask = torch.ones(batch, dtype=torch.bool) if rows is None else \
+            torch.zeros(batch, dtype=torch.bool).index_fill_(0, rows.cpu(), True)
+        nan = torch.full((batch,), math.nan, dtype=torch.float64)
+        last_t = gen.refresh_t.get(branch, nan.clone())
+        old = gen.residual.get(branch)
+        had = gen.has_residual.get(branch, torch.zeros(batch, dtype=torch.bool)) & mask
+        if old is not None and bool(had.any()):
+            prev = gen.residual_prev.get(branch)
+            if prev is None or prev.shape != old.shape:
+                prev = torch.zeros_like(old)
+            idx = had.nonzero().flatten().to(old.device)
+            prev = prev.to(old.device).index_copy(0, idx, old.index_select(0, idx))
+            gen.residual_prev[branch] = self._offload(gen.residual_prev.get(branch), prev) \
+                if self.offload_residuals else prev
+        gen.prev_t[branch] = torch.where(had, last_t, gen.prev_t.get(branch, nan.clone()))
+        gen.refresh_t[branch] = torch.where(mask, call.t_cpu, last_t)
+
+    def _reused_residual(self, branch: str, like: torch.Tensor) -> torch.Tensor:
+        """What the reusing rows get: the cached residual, extrapolated where the decision says order 1 and
+        the row has two refreshes, r̂ = r_last + (r_last − r_prev)·(t − t_last) / (t_last − t_prev)."""
+        gen, call = self._gen, self._call
+        cached = self._cached(gen.residual, branch, like)
+        order = gen.decision.order if gen.decision is not None else None
+        if order is None or branch not in gen.residual_prev or not bool((order > 0).any()):
+            return cached
+        t_last, t_prev = gen.refresh_t[branch], gen.prev_t[branch]
+        step = t_last - t_prev
+        ok = (order > 0) & ~call.compute & torch.isfinite(t_prev) & (step != 0)
+        if not bool(ok.any()):
+            return cached
+        scale = torch.where(ok, (call.t_cpu - t_last) / torch.where(ok, step, torch.ones_like(step)),
+                            torch.zeros_like(step))
+        idx = ok.nonzero().flatten()
+        dev_idx = idx.to(cached.device)
+        prev = self._cached(gen.residual_prev, branch, like).index_select(0, dev_idx)
+        last = cached.index_select(0, dev_idx)
+        factor = scale.index_select(0, idx).to(device=cached.device, dtype=cached.dtype)
+        factor = factor.reshape(-1, *([1] * (cached.ndim - 1)))
+        return cached.index_copy(0, dev_idx, last + (last - prev) * factor)
+
+
+def on_cpu(decision: Decision) -> Decision:
+    """The decision with its per-sample mask and orders on the CPU, where every piece of decision state lives
+    (counters, masks, trace): a rule may compute on the latent's device, and a CUDA mask must never meet a CPU
+    counter in one op."""
+    reuse = decision.reuse.detach().to("cpu", torch.bool)
+    order = decision.order.detach().to("cpu", torch.long) if decision.order is not None else None
+    return replace(decision, reuse=reuse, order=order)
 
 
 def _finite_or_none(value) -> float | None:

@@ -20,6 +20,7 @@ class TraceRecord:
     eps: float | None  # threshold in force at this step
     reuse_run: int  # consecutive reused steps of this row, this one included
     reason: str = ""  # why: first, final, reuse, above_eps, max_reuse, no_residual, ...
+    forecast: int = 0  # what a reused row got: 0 the held residual, 1 the linear forecast
 
 
 @dataclass

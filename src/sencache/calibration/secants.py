@@ -43,6 +43,7 @@ class SampleCurves:
     timesteps: list[float]
     jx: list[float] = field(default_factory=list)
     jt: list[float] = field(default_factory=list)
+    jtt: list[float] = field(default_factory=list)  # trajectory source: ‖d²f/dt²‖ along the sampled path
     final: torch.Tensor | None = None  # trajectory source: the sampler's final latent
     dist: list | None = None  # trajectory source: D[j][k] = rms(x_k - x_j) over grid steps (budget mode)
 
@@ -66,6 +67,14 @@ def _other_timestep(timesteps: torch.Tensor, k: int):
     return timesteps[k + 1] if k + 1 < len(timesteps) else timesteps[k - 1]
 
 
+def second_difference(t0: float, f0: torch.Tensor, t1: float, f1: torch.Tensor, t2: float, f2: torch.Tensor) -> float:
+    """rms of the second divided difference 2·[(f2 − f1)/(t2 − t1) − (f1 − f0)/(t1 − t0)] / (t2 − t0): the
+    curvature ‖d²f/dt²‖ of f along a path through three (uneven) points, what a linear forecast's error grows with."""
+    a = (f2.detach().double() - f1.detach().double()) / (t2 - t1)
+    b = (f1.detach().double() - f0.detach().double()) / (t1 - t0)
+    return float((2.0 * (a - b) / (t2 - t0)).pow(2).mean().sqrt())
+
+
 def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
                        sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None
                        ) -> SampleCurves:
@@ -82,10 +91,13 @@ def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
     timesteps = sched.timesteps
     out = SampleCurves(timesteps=[float(t) for t in timesteps])
     x = latents
-    visited = []
+    visited, outputs = [], []  # outputs: (t, f) of the last three steps, for the path's curvature
     for k, t in enumerate(timesteps):
         visited.append(x)
         f = denoise(x, t)
+        outputs = (outputs + [(float(t), f)])[-3:]
+        if len(outputs) == 3:
+            out.jtt.append(second_difference(*outputs[0], *outputs[1], *outputs[2]))  # at step k - 1
         model_output = sampler_output(x, t, f) if sampler_output is not None else f
         x_next = sched.step(model_output, t, x, return_dict=False)[0]
         jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k), f_xt=f)
@@ -95,7 +107,10 @@ def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
         if on_step is not None:
             on_step()
     out.final = x
-
+    if out.jtt:  # centred at steps 1..T-2; the ends take their neighbour's value
+        out.jtt = [out.jtt[0], *out.jtt, out.jtt[-1]]
+    else:
+        out.jtt = [0.0] * len(timesteps)
     out.dist = distance_matrix(visited).tolist()  # what budget mode replays the rule on
     return out
 
@@ -178,7 +193,14 @@ def aggregate(timesteps: Sequence[float], samples: Sequence[SampleCurves], jt_cu
     for name, values in (("jx", jx), ("jt", jt)):
         for q in (10, 50, 90):
             spread[f"{name}_p{q}"] = np.percentile(values, q, axis=0).tolist()
+    curves = {"jt_raw": jt_raw.tolist(), "jt_smooth": jt_smooth.tolist()}
+    if all(len(s.jtt) == n for s in samples):  # sampled trajectories: the output's curvature along the path
+        jtt = np.array([s.jtt for s in samples], dtype=np.float64)
+        if np.all(np.isfinite(jtt)):
+            curves["jtt"] = jtt.mean(axis=0).tolist()
+            for q in (10, 50, 90):
+                spread[f"jtt_p{q}"] = np.percentile(jtt, q, axis=0).tolist()
     return dict(
         timesteps=list(timesteps), jx=jx_mean.tolist(), jt=(jt_raw if jt_curve == "raw" else jt_smooth).tolist(),
-        spread=spread, curves={"jt_raw": jt_raw.tolist(), "jt_smooth": jt_smooth.tolist()},
+        spread=spread, curves=curves,
     )

@@ -26,9 +26,9 @@ from sencache.demo_model.prompts import (
     default_evaluation_prompts,
 )
 from sencache.errors import SenCacheError
+from sencache.harness.metrics import lpips_ready
 from sencache.harness.ablations import ablation_table, ablations
 from sencache.harness.audit import audit, baseline_configs, stats_table
-from sencache.harness.metrics import lpips_weights_path
 from sencache.harness.report import jsonable
 from sencache.harness.variants import (
     compare_correction,
@@ -129,7 +129,8 @@ def run_cli(args) -> int:
         baselines = None
         if {"magcache", "teacache"} & set(args.methods):
             path = Path(args.baselines) if args.baselines else default_baselines_path(profile_path)
-            baselines, _ = ensure_baselines(pipe, path, prompts, num_inference_steps=args.steps,
+            baselines, _ = ensure_baselines(pipe, path, prompts, calibration_prompts=default_calibration_prompts(),
+                                            num_inference_steps=args.steps,
                                             guidance_scale=args.guidance, fallback_dir=out,
                                             log=lambda m: print(m, file=sys.stderr), progress=progress)
         configs = {}
@@ -149,7 +150,7 @@ def run_cli(args) -> int:
         print(f"wrote {', '.join(result['files'].values())}")
 
     target = args.target_nfe if args.target_nfe is not None else args.steps / 2
-    lp = use_lpips if use_lpips is not None else _lpips_ready()
+    lp = use_lpips if use_lpips is not None else lpips_ready()
     common = dict(seeds=args.seeds, guidance_scale=args.guidance, use_lpips=lp, progress=progress,
                   max_reuse=args.max_reuse, num_inference_steps=args.steps)
     if args.schedules:
@@ -183,7 +184,3 @@ def _ensure_correction(pipe, profile, args, out: Path, progress: bool) -> None:
     calibrate_correction(pipe, profile, prompts, seeds, args.steps, args.guidance, progress=progress)
     path = profile.save(out / "profile_with_correction.json")
     print(f"wrote {path}", file=sys.stderr)
-
-
-def _lpips_ready() -> bool:
-    return lpips_weights_path().is_file()

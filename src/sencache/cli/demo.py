@@ -54,8 +54,12 @@ def run(args) -> int:
     """``sencache demo``."""
     start = time.perf_counter()
     set_threads(args.threads)
-    if args.prompts < 1:
+    if args.prompts < 1:  # every argument is checked before anything loads or calibrates
         raise SenCacheError("--prompts must be at least 1")
+    if args.steps < 4:
+        raise SenCacheError("--steps must be at least 4")
+    if not 0.0 < args.target <= 1.0:
+        raise SenCacheError("--target must be a fraction of the steps in (0, 1]")
     pipe, model = load_model(args)
     profile_path = resolve_profile_path(args.profile, model)
     if not profile_path.is_file():

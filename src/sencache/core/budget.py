@@ -34,7 +34,7 @@ import logging
 import math
 from dataclasses import replace
 
-from sencache.core.replay import solve_eps
+from sencache.core.replay import fixed_eps_start, solve_eps
 from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE, as_schedule
 from sencache.core.trajectories import trajectories_of
@@ -75,7 +75,7 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
         target = target_nfe
         if isinstance(target, bool) or not isinstance(target, (int, float)):
             raise SenCacheError(f"target_nfe must be a number (got {target!r})")
-    given = None if config.eps_start_tied else config.eps_start
+    given = fixed_eps_start(config)
     result = solve_eps(config, target, traj, eps_start=given)
     result["eps_start_given"] = given is not None
     chosen = replace(config, eps=result["eps"], eps_start=given, budget=result)

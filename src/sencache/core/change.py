@@ -1,4 +1,5 @@
 """The predicted output change S, written once: the online rule, the offline replay and the correction use it.
+(And S₁, the predicted error of a linear forecast instead of holding the cache: :func:`forecast_change`.)
 
     S = ‖J_x‖(t_ref) · rms(x − x_ref) + ‖J_t‖(t_ref) · |t − t_ref|
 
@@ -17,6 +18,13 @@ def predicted_change(jx, dx, jt, dt):
     """S from the sensitivities (``jx`` = ‖J_x‖, ``jt`` = ‖J_t‖, RMS units) and the input changes
     (``dx`` = rms(x − x_ref), ``dt`` = |t − t_ref| in the transformer's timestep units)."""
     return jx * dx + jt * dt
+
+
+def forecast_change(jtt, dt_ref, dt_prev):
+    """S₁, the predicted error of extrapolating linearly (in t) from the last two refreshes at t_ref and t_prev:
+    ½·‖d²f/dt²‖·|t − t_ref|·|t − t_prev|, exact for an output that is quadratic in t along the trajectory.
+    ``jtt`` is the curvature of the output along the sampling path (RMS units per timestep unit squared)."""
+    return 0.5 * jtt * dt_ref * dt_prev
 
 
 def rms_per_sample(x: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,14 @@ class SensitivityProfile:
         tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
         return interpolate(tt, self._t, self._jx), interpolate(tt, self._t, self._jt)
 
+    def lookup_curve(self, name: str, t) -> torch.Tensor:
+        """The extra curve ``name`` (e.g. ``"jtt"``) at timestep(s) t, interpolated like :meth:`lookup`."""
+        if name not in self.curves:
+            raise ProfileError(f"this profile has no '{name}' curve; recalibrate it with `sencache calibrate` "
+                               f"(this version measures it)")
+        values = torch.tensor(np.asarray(self.curves[name])[np.argsort(self.timesteps)], dtype=torch.float64)
+        return interpolate(torch.as_tensor(t, dtype=torch.float64).reshape(-1), self._t, values)
+
     # --- compatibility ------------------------------------------------------------------------
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse a profile measured on another model class or config."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sencache.core.change import predicted_change
+from sencache.core.change import forecast_change, predicted_change
 from sencache.core.schedule import threshold, tied_eps_start
 from sencache.core.trajectories import Trajectories, trajectories_of
 from sencache.errors import SenCacheError
@@ -47,22 +47,36 @@ def simulate_sample(config, timesteps: np.ndarray, dist: np.ndarray, eps, eps_st
     jx_t, jt_t = config.profile.lookup(torch.as_tensor(timesteps, dtype=torch.float64))
     jx, jt = jx_t.numpy(), jt_t.numpy()
     thr = _thresholds(config, T, eps, eps_start)
+    jtt = _curvature(config, timesteps)
     computed = np.zeros((T, E), dtype=bool)
     score = np.full((T, E), np.nan)
     computed[0] = True
     ref = np.zeros(E, dtype=np.int64)
+    prev = np.full(E, -1, dtype=np.int64)  # the refresh before ref (-1: none yet)
     run = np.zeros(E, dtype=np.int64)
     final_from = T - config.final_steps if config.final_steps > 0 else T
     for k in range(1, T):
         s = predicted_change(jx[ref], dist[ref, k], jt[ref], np.abs(timesteps[k] - timesteps[ref]))
+        if jtt is not None:  # forecast="auto": the smaller of the hold and the linear-forecast error
+            s1 = np.where(prev >= 0, forecast_change(jtt[ref], np.abs(timesteps[k] - timesteps[ref]),
+                                                     np.abs(timesteps[k] - timesteps[np.maximum(prev, 0)])), np.inf)
+            s = np.where(s1 < s, s1, s)
         score[k] = s
         reuse = np.isfinite(s) & (s <= thr[k]) & (run < config.max_reuse)
         if k >= final_from:
             reuse[:] = False
         computed[k] = ~reuse
+        prev = np.where(reuse, prev, ref)
         ref = np.where(reuse, ref, k)
         run = np.where(reuse, run + 1, 0)
     return computed, score
+
+
+def _curvature(config, timesteps: np.ndarray) -> np.ndarray | None:
+    """The profile's ‖d²f/dt²‖ on the grid when the rule forecasts by predicted error (forecast="auto")."""
+    if getattr(config, "forecast", "hold") != "auto":
+        return None
+    return config.profile.lookup_curve("jtt", torch.as_tensor(timesteps, dtype=torch.float64)).numpy()
 
 
 def _eps_dependent_breakpoints(config, traj: Trajectories, eps_start: float | None) -> np.ndarray:
@@ -74,6 +88,7 @@ def _eps_dependent_breakpoints(config, traj: Trajectories, eps_start: float | No
     final_from = T - config.final_steps if config.final_steps > 0 else T
     out = []
     gap = max(1, config.max_reuse)
+    jtt = _curvature(config, traj.timesteps)
     for d in traj.dist:
         for k in range(1, min(T, final_from)):
             if k < warm and eps_start is not None:
@@ -84,6 +99,12 @@ def _eps_dependent_breakpoints(config, traj: Trajectories, eps_start: float | No
             j = np.arange(max(0, k - gap), k)
             s = predicted_change(jx[j], d[j, k], jt[j], np.abs(traj.timesteps[k] - traj.timesteps[j]))
             out.append(s[np.isfinite(s)] / g)
+            if jtt is not None:  # the linear forecast's error from every reachable (prev, ref) pair
+                for r in j:
+                    i = np.arange(max(0, r - gap - 1), r)
+                    s1 = forecast_change(jtt[r], abs(traj.timesteps[k] - traj.timesteps[r]),
+                                         np.abs(traj.timesteps[k] - traj.timesteps[i]))
+                    out.append(s1[np.isfinite(s1)] / g)
     vals = np.unique(np.concatenate(out) if out else np.zeros(0))
     vals = vals[vals >= 0]
     if vals.size > 1:  # breakpoints equal up to rounding would leave a plateau with no room for a probe
@@ -107,7 +128,7 @@ def simulate(config, eps: float | None = None, traj: Trajectories | None = None)
     """The rule's schedule on every stored trajectory at ``eps`` (default: the config's own)."""
     traj = traj or trajectories_of(config.profile)
     eps = config.eps if eps is None else float(eps)
-    eps_start = _fixed_eps_start(config)
+    eps_start = fixed_eps_start(config)
     per, comp = [], []
     for d in traj.dist:
         c, _ = simulate_sample(config, traj.timesteps, d, [eps], eps_start)
@@ -116,7 +137,7 @@ def simulate(config, eps: float | None = None, traj: Trajectories | None = None)
     return SimResult(eps, float(np.mean(per)), per, comp)
 
 
-def _fixed_eps_start(config) -> float | None:
+def fixed_eps_start(config) -> float | None:
     """The config's eps_start if the user fixed it, else None (tied to eps: eps / 10)."""
     return None if getattr(config, "eps_start_tied", config.eps_start is None) else float(config.eps_start)
 

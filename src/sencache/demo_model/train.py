@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sencache.demo_model import data
-from sencache.demo_model.build import build_pipeline, encode_clips, encode_text
+from sencache.demo_model.build import build_pipeline, demo_call_kwargs, encode_clips, encode_text
 from sencache.demo_model.grow import grow_from
 from sencache.demo_model.interruptible import save_atomic, sigterm_as_keyboard_interrupt
 from sencache.errors import SenCacheError
+from sencache.runtime.call_defaults import CALL_DEFAULTS_FILE
 
 CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance has an unconditional model
 SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
@@ -101,6 +102,8 @@ def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
     export = copy.deepcopy(pipe)
     trainable_modules(export).load_state_dict(ema.state_dict())
     export.save_pretrained(out_dir, safe_serialization=True)
+    # loaded anywhere, the folder says its trained clip size (WanPipeline would default to Wan 2.1's)
+    (Path(out_dir) / CALL_DEFAULTS_FILE).write_text(json.dumps(demo_call_kwargs(), indent=1) + "\n")
 
 
 def train(args) -> Path:

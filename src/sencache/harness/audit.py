@@ -5,8 +5,8 @@
 
 For every method (SenCache, and MagCache / TeaCache when their calibrated ``baselines`` are given) and
 every prompt x seed, a cached generation runs as usual. At every transformer call in which some row
-*reused* its cached residual, the real, uncached forward also runs, for measurement only: a plain
-torch forward hook on the transformer (outside diffusers' hook registry) calls the transformer's
+*reused* its cached residual, the real, uncached forward also runs, for measurement only: a session
+observer (:class:`~sencache.adapter.observers.CallEvent` at the end of each call) calls the transformer's
 class ``forward`` on the very same arguments. That bypasses the cache's model hook, and the block
 hooks see no active call, so every block runs for real and no cache state is read or written; the
 cached run's outputs are unchanged (tested bit-exactly). Recorded per reused row:
@@ -21,7 +21,7 @@ cached run's outputs are unchanged (tested bit-exactly). Recorded per reused row
 and samples, and the within-step Spearman across samples (prompts x seeds) averaged over steps;
 :func:`plot_scatter` draws predicted against actual, log-log, one panel per method.
 
-:func:`ablations` runs the paper's two ablations on SenCache — n = max_reuse 1…7 at a fixed ε, and an
+:func:`sencache.harness.ablations.ablations` runs the paper's two ablations on SenCache — n = max_reuse 1…7 at a fixed ε, and an
 ε sweep at fixed n — against the uncached reference (NFE, PSNR, SSIM, LPIPS), as a markdown table
 and a plot. ``sencache audit`` (see :mod:`sencache.cli.audit`) drives all of it.
 """

@@ -38,7 +38,7 @@ from sencache.adapter.parallel import parallel_config_of
 from sencache.errors import SenCacheError
 from sencache.harness import report
 from sencache.harness.methods import REFERENCE, MethodContext, get_method
-from sencache.harness.metrics import PSNR_CAP_DB, lpips_weights_path
+from sencache.harness.metrics import PSNR_CAP_DB, lpips_ready
 from sencache.harness.runner import against_reference
 from sencache.runtime import distributed as dist
 from sencache.runtime.generation import generate
@@ -140,10 +140,6 @@ def plan_variants(methods: Sequence[str], sweep: bool = False, values: dict | No
 # --------------------------------------------------------------------------------------------------
 # Running one job
 # --------------------------------------------------------------------------------------------------
-
-
-def _lpips_ready() -> bool:
-    return lpips_weights_path().is_file()
 
 
 def run_job(pipe, job: Job, variants: Sequence[Variant], ctx: MethodContext, guidance_scale: float = 5.0,
@@ -359,7 +355,7 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
             raise SenCacheError(f"{name} cannot run: {reason.removeprefix('skipped: ')}")
     notes = []
     if use_lpips is None:
-        use_lpips = _lpips_ready()
+        use_lpips = lpips_ready()
         if not use_lpips:
             notes.append("LPIPS not computed: weights missing (python scripts/fetch_lpips_weights.py)")
     jobs = make_jobs(prompts, seeds)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE
 from sencache.errors import SenCacheError
 from sencache.harness.compare import compare
@@ -30,7 +31,8 @@ def setting_key(method: str, steps: int, target_nfe: float, guidance: float, pro
     key = f"{method}|T={steps}|nfe={target_nfe:g}|g={guidance:g}"
     if method == "sencache" and profile is not None:
         digest = hashlib.sha256(json.dumps(profile.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        key += f"|profile={digest}|schedule={DEFAULT_EPS_SCHEDULE}"  # a threshold holds for one rule only
+        forecast = SenCacheConfig(profile).forecast
+        key += f"|profile={digest}|forecast={forecast}|schedule={DEFAULT_EPS_SCHEDULE}"  # one rule's threshold
     return key
 
 

@@ -223,6 +223,8 @@ def ours_config(name: str, value, ctx: MethodContext):
     if name == "sencache":
         return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
                               eps_schedule=DEFAULT_EPS_SCHEDULE)
+    if name == "sencache-paper":
+        return SenCacheConfig.paper(ctx.profile, eps=float(value))
     if name in ("magcache", "magcache-final"):
         return MagCacheConfig(ratios=ctx.baselines.magcache_ratios, threshold=float(value), max_skip=MAGCACHE_MAX_SKIP,
                               retention_ratio=MAGCACHE_RETENTION,
@@ -238,9 +240,15 @@ def ours_config(name: str, value, ctx: MethodContext):
 def _ours_settings(name: str):
     def settings(value, ctx: MethodContext) -> dict:
         T = ctx.num_inference_steps
-        if name == "sencache":
-            cfg = {"eps_start": float(value) / 10, "warmup_fraction": 0.2, "max_reuse": SENCACHE_MAX_REUSE,
-                   "final_steps": SENCACHE_FINAL_STEPS, "eps_schedule": DEFAULT_EPS_SCHEDULE}
+        if name in ("sencache", "sencache-paper"):
+            if ctx.profile is not None:
+                c = ours_config(name, value, ctx)
+                cfg = {"eps_start": c.eps_start, "warmup_fraction": c.warmup_fraction, "max_reuse": c.max_reuse,
+                       "final_steps": c.final_steps, "eps_schedule": c.eps_schedule.name if c.eps_schedule else None,
+                       "forecast": c.forecast}
+            else:
+                cfg = {"eps_start": float(value) / 10, "warmup_fraction": 0.2, "max_reuse": SENCACHE_MAX_REUSE,
+                       "final_steps": SENCACHE_FINAL_STEPS, "eps_schedule": DEFAULT_EPS_SCHEDULE}
             if ctx.profile is not None:
                 meta = ctx.profile.metadata
                 cfg["profile"] = {k: meta[k] for k in ("model_class", "config_hash", "num_samples") if k in meta}
@@ -435,9 +443,13 @@ METHODS: dict[str, MethodSpec] = {
     for s in [
         _spec("none", "reference", "no cache: every step runs the whole block stack", None, None, (),
               attach=_attach_none),
-        _spec("sencache", "ours", "SenCache: reuse while the first-order predicted change S <= eps", "eps", 0.1,
+        _spec("sencache", "ours", "SenCache (default): hold or forecast the cache, whichever predicted error is "
+              "smaller, while it stays <= eps", "eps", 0.1,
               (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",), settings=_ours_settings("sencache"),
               attach=_attach_ours("sencache")),
+        _spec("sencache-paper", "ours", "SenCache as in the paper: hold the cache while S <= eps (constant eps, n = 3)",
+              "eps", 0.1, (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",),
+              settings=_ours_settings("sencache-paper"), attach=_attach_ours("sencache-paper")),
         _spec("magcache", "ours", "MagCache: accumulated magnitude-ratio error (table from one run)", "threshold",
               0.12, (0.02, 0.06, 0.12, 0.24, 0.5, 1.0), needs=("baselines",), settings=_ours_settings("magcache"),
               attach=_attach_ours("magcache")),

@@ -193,6 +193,11 @@ def _cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sencache"
 
 
+def lpips_ready() -> bool:
+    """True when the LPIPS weights are installed (``python scripts/fetch_lpips_weights.py``)."""
+    return lpips_weights_path().is_file()
+
+
 def lpips_weights_path() -> Path:
     """Where the LPIPS AlexNet weights live: ``$SENCACHE_CACHE_DIR/lpips_alexnet.ckpt``
     (default ``~/.cache/sencache/lpips_alexnet.ckpt``)."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sencache.harness.metrics import PSNR_CAP_DB
+
 from sencache.runtime.video import grid_video, write_gif, write_mp4
 
 __all__ = [
@@ -113,7 +115,7 @@ def markdown_table(results: dict) -> str:
     jobs = len(results.get("jobs", []))
     lines = [f"# sencache compare: {T} steps, guidance {results['guidance_scale']:g}, {jobs} prompt x seed job(s)", "",
              "Fidelity against the uncached output of the same prompt and seed, on raw frames; means over jobs. "
-             f"PSNR is capped at {results.get('psnr_cap_db', 100):g} dB for identical videos.", "",
+             f"PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in table_rows(results):
         cells = _cells(row)
@@ -323,7 +325,7 @@ def html_page(results: dict, files: dict[str, Path]) -> str:
     parts.append("<h2>Results</h2>" + _html_table(results) +
                  f"<p class='note'>NFE = block-stack runs in full-step units (of {T}); time = wall time of the "
                  "pipeline call; speed-up = uncached time / method time (same machine, same run; noisy on a shared "
-                 f"CPU). PSNR is capped at {results.get('psnr_cap_db', 100):g} dB for identical videos. Highlighted "
+                 f"CPU). PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos. Highlighted "
                  "rows are the settings shown in the video and the schedule plot.</p>")
     if "schedule.png" in names:
         parts.append(f"<h2>Skip schedules</h2><img src='{names['schedule.png']}' alt='skip schedules'>")

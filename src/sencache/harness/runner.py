@@ -135,8 +135,9 @@ def runs_against_reference(pipe, jobs, configs: dict, gen_kwargs: dict, use_lpip
             _, results = against_reference(pipe, p, s, gen_kwargs, caches, use_lpips,
                                            on_run=lambda *_: bar.update(1))
             for key, (run, scores) in results.items():
+                ssim = scores["ssim"] if scores["ssim"] is not None else math.nan  # means stay computable
                 runs[key].append({"prompt": p, "seed": s, "nfe": int(run.stats["nfe"]), "psnr": scores["psnr"],
-                                  "ssim": scores["ssim"], "lpips": scores["lpips"]})
+                                  "ssim": ssim, "lpips": scores["lpips"]})
     finally:
         bar.close()
     return runs

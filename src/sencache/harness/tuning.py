@@ -92,7 +92,7 @@ def tune_values(pipe, methods: Sequence[str], targets: Sequence[float], prompts:
                 progress: bool = True) -> tuple[dict[str, list], dict[str, list[dict]]]:
     """Per method, the thresholds that hit each target NFE on ``prompts`` (calibration prompts).
 
-    Returns (values for :func:`compare`, the tuning records). Methods without a threshold are left out.
+    Returns (values for :func:`sencache.harness.compare.compare`, the tuning records). Methods without a threshold are left out.
     """
     from tqdm.auto import tqdm
 

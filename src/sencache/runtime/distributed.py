@@ -1,6 +1,6 @@
 """Small helpers for work sharded under ``torchrun`` (and a no-op in a single process).
 
-    from sencache import distributed as dist
+    from sencache.runtime import distributed as dist
     dist.init_if_needed()                      # gloo on CPU, nccl on CUDA; nothing without torchrun
     mine = dist.shard(items)                   # [(global_index, item), ...] of this rank, round-robin
     parts = dist.gather_objects(my_results)    # list (one entry per rank, in rank order) on rank 0, else None

@@ -14,6 +14,7 @@ import torch
 
 from sencache.errors import SenCacheError
 from sencache.runtime import distributed as dist
+from sencache.runtime.call_defaults import read_call_defaults, set_call_defaults
 
 
 @contextlib.contextmanager
@@ -61,6 +62,9 @@ def load_pipeline(path, device=None, dtype: str = "float32", progress: bool = Fa
             if "low_cpu_mem_usage" in why:
                 why = "diffusers needs the `accelerate` package to load this model (pip install accelerate)"
             raise SenCacheError(f"cannot load a diffusers pipeline from {path}: {why}") from None
+    defaults = read_call_defaults(path)  # the size the model was trained for, when its folder says
+    if defaults:
+        set_call_defaults(pipe, defaults)
     pipe.to(device if device is not None else dist.default_device())
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)

@@ -40,6 +40,9 @@ class Decision:
     score: torch.Tensor | None  # (B,) float, the rule's own error estimate (None if it has none)
     eps: float  # the threshold the score was compared with at this step
     reason: list[str] | None = None  # optional per-sample reason ("first", "final", "max_reuse", ...)
+    # (B,) int, what a reusing sample gets: 0 the cached residual held (the paper), 1 the residual extrapolated
+    # linearly in the timestep from the sample's last two refreshes. None: hold for every sample.
+    order: torch.Tensor | None = None
 
 
 class Rule(Protocol):

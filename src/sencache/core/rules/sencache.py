@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from sencache.core.change import predicted_change
+from sencache.core.change import forecast_change, predicted_change
 from sencache.core.correction import correction_normaliser, normaliser_at
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
@@ -49,6 +49,8 @@ from sencache.core.schedule import (
 from sencache.errors import SenCacheError
 
 logger = logging.getLogger("sencache")
+
+FORECASTS = ("hold", "linear", "auto")  # what a reusing sample gets (SenCacheConfig.forecast)
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +73,12 @@ class SenCacheConfig:
         eps_schedule: shape g of the post-warm-up threshold ε(step) = eps · g(step / (T − 1)): an
             :class:`~sencache.core.schedule.EpsSchedule`, a preset name ("power2", the default; "constant",
             the paper's fixed ε; ...), knots, or None (= constant).
+        forecast: what a reusing sample gets: ``"hold"`` the cached residual (the paper); ``"linear"`` the
+            residual extrapolated linearly in t from the sample's last two refreshes (when it has two);
+            ``"auto"`` per sample and step whichever has the smaller predicted error — S for holding, S₁ =
+            ½·‖d²f/dt²‖·|t − t_ref|·|t − t_prev| for the linear forecast (needs the profile's ``jtt`` curve) —
+            and reuse iff that error is ≤ ε(step). None (default): ``"auto"`` when the profile has the curve,
+            else ``"hold"``. :meth:`paper` gives the paper's rule exactly.
         correction: per-sample correction of S from the observed residual changes (needs the profile's
             normaliser, :func:`sencache.calibration.correction.calibrate_correction`).
         correction_bounds: (low, high) clamp of the correction factor; 0 < low <= 1 <= high.
@@ -86,6 +94,7 @@ class SenCacheConfig:
     max_reuse: int = 3
     final_steps: int = 1
     eps_schedule: Any = DEFAULT_EPS_SCHEDULE
+    forecast: str | None = None
     correction: bool = False
     correction_bounds: tuple = (0.5, 2.0)
     correction_momentum: float = 0.5
@@ -108,6 +117,12 @@ class SenCacheConfig:
                 "or measure one with `sencache calibrate`"
             )
         self.eps_schedule = as_schedule(self.eps_schedule)
+        if self.forecast is None:  # the default: forecast by predicted error where the profile allows it
+            self.forecast = "auto" if "jtt" in self.profile.curves else "hold"
+        if self.forecast not in FORECASTS:
+            raise SenCacheError(f"forecast must be one of {', '.join(FORECASTS)} (got {self.forecast!r})")
+        if self.forecast == "auto":
+            self.profile.lookup_curve("jtt", [0.0])  # fail now, not mid-generation
         self._check_correction()
         self.eps_start_tied = self.eps_start is None
         if self.eps_start is None:
@@ -137,6 +152,14 @@ class SenCacheConfig:
         if self.correction:
             correction_normaliser(self.profile)  # fail now, not mid-generation
 
+    @classmethod
+    def paper(cls, profile: SensitivityProfile, eps: float = 0.1, **overrides) -> "SenCacheConfig":
+        """Exactly the paper's rule: hold the cached residual, a constant ε after the warm-up (ε_start = ε/10
+        for the first 20 % of the steps), at most 3 reuses in a row, the last step always computed."""
+        settings = dict(eps=eps, eps_start=None, warmup_fraction=0.2, max_reuse=3, final_steps=1,
+                        eps_schedule="constant", forecast="hold", correction=False)
+        return cls(profile, **{**settings, **overrides})
+
     def warmup_steps(self, num_steps: int) -> int:
         """Steps (from the first) that use ``eps_start``."""
         return round(self.warmup_fraction * num_steps)
@@ -162,6 +185,8 @@ class SenCacheState:
     jx_ref: torch.Tensor | None = None  # (B,) float64, ‖J_x‖ looked up at t_ref
     jt_ref: torch.Tensor | None = None
     reuse_run: torch.Tensor | None = None  # (B,) consecutive reuses since the last refresh
+    t_prev: torch.Tensor | None = None  # (B,) float64 timestep of the refresh before the last (NaN: none yet)
+    jtt_ref: torch.Tensor | None = None  # (B,) float64 curvature ‖d²f/dt²‖ at t_ref (forecast="auto")
     # per-sample correction (only used with correction=True)
     factor: torch.Tensor | None = None  # (B,) float64, multiplies S
     residual_ref: torch.Tensor | None = None  # (B, ...) cond-branch residual at the last refresh
@@ -189,6 +214,7 @@ class SenCacheRule:
 
     def __init__(self, config: SenCacheConfig):
         self.config = config
+        self.forecasts = config.forecast != "hold"  # the adapter keeps the refresh before the last
         self._norm = correction_normaliser(config.profile) if config.correction else None
         self._warned_steps = False
 
@@ -206,6 +232,7 @@ class SenCacheRule:
         eps = cfg.eps_at(inp.step, inp.num_steps)
         t = inp.timestep.reshape(batch, -1)[:, 0]
         raw = None
+        order = torch.zeros(batch, dtype=torch.long)
         if state.x_ref is None or state.x_ref.shape != inp.latent.shape:
             reuse = torch.zeros(batch, dtype=torch.bool)
             score = None
@@ -213,6 +240,9 @@ class SenCacheRule:
         else:
             raw = change_since_refresh(state, inp.latent, t, inp.rms)
             score = raw * state.factor if cfg.correction else raw
+            order = self._forecast_order(state, t, score)
+            if cfg.forecast == "auto":
+                score = torch.where(order > 0, self._forecast_error(state, t), score)
             finite = torch.isfinite(score)
             under = finite & (score <= eps)
             room = state.reuse_run < cfg.max_reuse
@@ -227,7 +257,24 @@ class SenCacheRule:
         if cfg.correction:
             self._note_interval(state, inp.step, batch, raw, reuse)
         self._advance(state, inp, t, reuse)
-        return Decision(reuse=reuse, score=score, eps=eps, reason=reasons)
+        order = torch.where(reuse, order, torch.zeros_like(order))
+        return Decision(reuse=reuse, score=score, eps=eps, reason=reasons,
+                        order=order if self.forecasts else None)
+
+    def _forecast_error(self, state: SenCacheState, t: torch.Tensor) -> torch.Tensor:
+        """S₁ per sample: the predicted error of the linear forecast (inf without two refreshes)."""
+        t64 = t.double().cpu()
+        s1 = forecast_change(state.jtt_ref, (t64 - state.t_ref).abs(), (t64 - state.t_prev).abs())
+        return torch.where(torch.isfinite(state.t_prev), s1, torch.full_like(s1, math.inf))
+
+    def _forecast_order(self, state: SenCacheState, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """1 where a reusing sample should get the linear forecast, 0 where it should hold the cache."""
+        two = torch.isfinite(state.t_prev)
+        if self.config.forecast == "linear":
+            return two.long()
+        if self.config.forecast == "auto":
+            return (two & (self._forecast_error(state, t) < score)).long()
+        return torch.zeros_like(two, dtype=torch.long)
 
     def _check_budget_steps(self, num_steps: int) -> None:
         budget = self.config.budget
@@ -242,14 +289,19 @@ class SenCacheRule:
         refresh = ~reuse
         t64 = t.double().cpu()
         jx, jt = self.config.profile.lookup(t64)
+        jtt = self.config.profile.lookup_curve("jtt", t64) if self.config.forecast == "auto" else \
+            torch.zeros_like(t64)
         if state.x_ref is None or state.x_ref.shape != inp.latent.shape:
             state.x_ref = inp.latent.detach().clone()
-            state.t_ref, state.jx_ref, state.jt_ref = t64.clone(), jx, jt
+            state.t_ref, state.jx_ref, state.jt_ref, state.jtt_ref = t64.clone(), jx, jt, jtt
+            state.t_prev = torch.full_like(t64, math.nan)
             state.reuse_run = torch.zeros(inp.latent.shape[0], dtype=torch.long)
             return
         if refresh.any():
             rows = refresh.to(state.x_ref.device)
             state.x_ref[rows] = inp.latent.detach()[rows].to(state.x_ref.dtype)
+            state.t_prev[refresh] = state.t_ref[refresh]
+            state.jtt_ref[refresh] = jtt[refresh]
             state.t_ref[refresh] = t64[refresh]
             state.jx_ref[refresh] = jx[refresh]
             state.jt_ref[refresh] = jt[refresh]
