@@ -76,7 +76,7 @@ def aggressive(spec):
 
 def test_registry_holds_every_method():
     assert set(METHODS) == {"none", "sencache", "sencache-paper", "magcache", "magcache-final", "teacache", "fixed", "fixed-final",
-                            "fbcache", "seacache", "taylorseer", "diffusers-magcache", "dbcache"}
+                            "fbcache", "seacache", "seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}
     for spec in METHODS.values():
         if spec.name != "none":
             assert spec.param and spec.sweep and spec.default is not None

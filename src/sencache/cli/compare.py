@@ -24,6 +24,7 @@ from sencache.core.profile import SensitivityProfile
 from sencache.demo_model.prompts import default_calibration_prompts
 from sencache.errors import SenCacheError
 from sencache.harness.compare import compare
+from sencache.harness.equal_nfe import equal_nfe, equal_nfe_table
 from sencache.harness.methods import METHODS, MethodContext, get_method
 from sencache.harness.report import text_table, write_report
 from sencache.harness.tuning import tune_values
@@ -127,11 +128,15 @@ def _run_cli(args) -> int:
         return 0
     if tuning:
         results["tuning"] = tuning
+        results["equal_nfe"] = {"targets": list(args.nfe_targets), "methods": equal_nfe(results, args.nfe_targets)}
         (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+        (Path(args.out) / "equal_nfe.md").write_text(equal_nfe_table(results, args.nfe_targets))
     if args.report:
         write_report(args.out, results)
 
     print(text_table(results))
+    if tuning:
+        print("\n" + equal_nfe_table(results, args.nfe_targets))
     print(f"\n{len(results['jobs'])} job(s) in {time.perf_counter() - start:.1f} s; results in {Path(args.out).resolve()}")
     for f in results["failures"]:
         print(f"failed: job {f['job']} {f['prompt']!r} seed {f['seed']} on rank {f['rank']}: {f['error']}",

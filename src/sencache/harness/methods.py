@@ -312,6 +312,8 @@ def _diffusers_config(name: str, value, ctx: MethodContext):
         return diffusers.FirstBlockCacheConfig(threshold=float(value))
     if name == "seacache":
         return diffusers.SeaCacheConfig(threshold=float(value))
+    if name == "seacache-hold":
+        return diffusers.SeaCacheConfig(threshold=float(value), residual_order=0)
     if name == "taylorseer":
         return diffusers.TaylorSeerCacheConfig(
             cache_interval=int(value), disable_cache_before_step=TAYLORSEER_WARMUP, max_order=1,
@@ -328,8 +330,9 @@ def _diffusers_settings(name: str):
     def settings(value, ctx: MethodContext) -> dict:
         if name == "fbcache":
             return {"note": "block 0 always runs; the rest is skipped per CFG branch"}
-        if name == "seacache":
-            return {"residual_order": 1, "retention_steps": 1, "cache_end_steps": 1, "max_consecutive_cached": 2}
+        if name in ("seacache", "seacache-hold"):
+            return {"residual_order": 0 if name == "seacache-hold" else 1, "retention_steps": 1, "cache_end_steps": 1,
+                    "max_consecutive_cached": 2}
         if name == "taylorseer":
             return {"disable_cache_before_step": TAYLORSEER_WARMUP, "max_order": 1, "taylor_factors_dtype": "float32",
                     "cache_identifiers": list(TAYLORSEER_IDENTIFIERS)}
@@ -469,6 +472,9 @@ METHODS: dict[str, MethodSpec] = {
         _spec("seacache", "diffusers", "diffusers SeaCache (spectral change of the latent)", "threshold", 0.25,
               (0.05, 0.1, 0.25, 0.5, 1.0), settings=_diffusers_settings("seacache"),
               attach=_attach_diffusers("seacache")),
+        _spec("seacache-hold", "diffusers", "diffusers SeaCache holding the cached residual (residual_order=0)",
+              "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), settings=_diffusers_settings("seacache-hold"),
+              attach=_attach_diffusers("seacache-hold")),
         _spec("taylorseer", "diffusers", "diffusers TaylorSeer (fixed interval, Taylor forecast of block outputs)",
               "cache_interval", 3, (2, 3, 4, 5, 6), integer=True, settings=_diffusers_settings("taylorseer"),
               attach=_attach_diffusers("taylorseer")),
