@@ -149,3 +149,20 @@ def test_budget_mode_hits_the_target_with_forecast_auto(profile):
     for target in (3, 5, 7):
         config = sencache.budget.with_target(SenCacheConfig(profile, forecast="auto"), target_nfe=target)
         assert abs(config.budget["simulated_nfe"] - target) <= 0.5
+
+
+def test_audit_reports_the_forecast_criterion_next_to_s():
+    from sencache.harness.audit import correlations
+
+    def rec(score, actual, forecast, step):
+        return {"method": "sencache", "prompt": "p", "seed": 0, "step": step, "num_steps": 10, "timestep": 1.0,
+                "branch": "cond", "sample": 0, "score": score, "eps": 1.0, "reuse_run": 1, "actual": actual,
+                "real_rms": 1.0, "forecast": forecast}
+
+    records = [rec(0.1 * k, 0.2 * k, 0, k) for k in range(1, 5)] + [rec(0.01 * k, 0.03 * (5 - k), 1, k + 4)
+                                                                   for k in range(1, 5)]
+    stats = correlations(records)
+    assert set(stats) == {"sencache", "sencache [hold]", "sencache [forecast]"}
+    assert stats["sencache [hold]"]["n"] == 4 and stats["sencache [hold]"]["spearman"] == pytest.approx(1.0)
+    assert stats["sencache [forecast]"]["spearman"] == pytest.approx(-1.0)  # S₁ judged on forecast steps only
+    assert stats["sencache"]["n"] == 8

@@ -106,6 +106,7 @@ class AuditRecord:
     actual: float  # rms(cached output - real output) of this branch
     real_rms: float  # rms(real output), for relative errors
     actual_guided: float | None = None  # the CFG-combined prediction's error (set on the step's last branch)
+    forecast: int = 0  # what the reused row got: 0 the held residual (score S), 1 the linear forecast (score S₁)
 
 
 def _output_tensor(output) -> torch.Tensor:
@@ -149,7 +150,8 @@ class _Probe:
             if r.computed:
                 continue
             rec = AuditRecord(self.method, self.prompt, self.seed, r.step, event.num_steps, r.timestep, r.branch,
-                              r.sample, r.score, r.eps, r.reuse_run, float(actual[r.sample]), float(real_rms[r.sample]))
+                              r.sample, r.score, r.eps, r.reuse_run, float(actual[r.sample]), float(real_rms[r.sample]),
+                              forecast=r.forecast)
             self.sink.append(rec)
             made.append(rec)
         self._combine_branches(event.step, event.branch, diff, made)
@@ -287,11 +289,20 @@ def _decider_branch(records: list[dict]) -> str | None:
     return next(iter(branches), None)
 
 
+def with_forecast_split(rows: list[dict]) -> list[dict]:
+    """``rows`` plus, for every method that forecast somewhere, copies named "METHOD [hold]" and
+    "METHOD [forecast]" by what each reused row got."""
+    forecasting = {r["method"] for r in rows if r.get("forecast")}
+    return rows + [{**r, "method": f"{r['method']} [{'forecast' if r.get('forecast') else 'hold'}]"}
+                   for r in rows if r["method"] in forecasting]
+
+
 def correlations(records: Sequence) -> dict:
     """Per method: Pearson (raw, log-log) and Spearman of score against actual error, pooled over steps
     and samples; within-step Spearman across samples (mean over steps with ≥ 3 points); the median
-    actual / score ratio. Uses the decider branch (cond for Wan), where the score was computed."""
-    rows = [asdict(r) if isinstance(r, AuditRecord) else dict(r) for r in records]
+    actual / score ratio. Uses the decider branch (cond for Wan), where the score was computed. A method
+    that forecasts also gets "METHOD [hold]" (score S) and "METHOD [forecast]" (score S₁) rows."""
+    rows = with_forecast_split([asdict(r) if isinstance(r, AuditRecord) else dict(r) for r in records])
     out = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
@@ -353,9 +364,10 @@ def plot_scatter(result: dict, path) -> Path:
                              constrained_layout=True)
     T = result["num_inference_steps"]
     sc = None
+    records = with_forecast_split(result["records"])
     for ax, method in zip(axes[0], methods):
         s = result["stats"][method]
-        pts = [r for r in result["records"] if r["method"] == method and r["branch"] == s["branch"]
+        pts = [r for r in records if r["method"] == method and r["branch"] == s["branch"]
                and r["score"] is not None and r["score"] > 0 and r["actual"] > 0]
         if pts:
             x = np.array([r["score"] for r in pts])
