@@ -28,7 +28,7 @@ def add_cli(subparsers) -> None:
                     "and write a profile for `sencache generate --profile`. Shard over GPUs/CPUs with "
                     "`torchrun --nproc_per_node=K -m sencache.cli calibrate ...`.",
     )
-    add_model_arguments(p, profile=False, dtype=True)
+    add_model_arguments(p, profile=False)
     p.add_argument("--prompts", help="text file, one prompt per line")
     p.add_argument("--steps", type=int, default=50, help="inference steps: the timestep grid (default 50)")
     p.add_argument("--samples", type=int, default=8, help="number of trajectories (prompt x seed; default 8)")

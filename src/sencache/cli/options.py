@@ -2,7 +2,8 @@
 
 * ``--model DIR``: a diffusers pipeline folder; default the shipped demo model.
 * ``--profile FILE``: default ``sencache_profile.json`` inside the model folder.
-* ``--device``: default ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
+* ``--device``: default ``cuda:LOCAL_RANK`` when there is a GPU for every rank, else the CPU.
+* ``--dtype``: the weights' dtype (float32, bfloat16, float16), default float32.
 * ``--threads N``: torch CPU threads (default 1).
 """
 
@@ -21,16 +22,16 @@ from sencache.runtime.loading import load_pipeline
 PROFILE_NAME = "sencache_profile.json"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, profile: bool = True, dtype: bool = False) -> None:
-    """``--model`` and ``--device`` (and ``--profile``, ``--dtype``) with the shared defaults."""
+def add_model_arguments(parser: argparse.ArgumentParser, profile: bool = True) -> None:
+    """``--model``, ``--device``, ``--dtype`` (and ``--profile``) with the shared defaults."""
     parser.add_argument("--model", default=None, help="diffusers pipeline folder (default: the shipped demo model)")
     if profile:
         parser.add_argument("--profile", default=None,
                             help=f"sensitivity profile JSON (default: {PROFILE_NAME} in the model folder)")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
-    if dtype:
-        parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="weights' dtype (default float32; bfloat16 is what Wan users run on GPUs)")
 
 
 def resolve_model_dir(model) -> Path:

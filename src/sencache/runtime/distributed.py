@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from typing import Any, Iterable, TypeVar
 
 import torch
@@ -62,13 +63,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def gpu_per_rank() -> bool:
+    """True when CUDA is available with at least one GPU for every rank on this node (``LOCAL_WORLD_SIZE``);
+    NCCL cannot put two ranks on one GPU, so with fewer GPUs than ranks every rank runs on the CPU."""
+    return torch.cuda.is_available() and torch.cuda.device_count() >= _env_int("LOCAL_WORLD_SIZE", 1)
+
+
 def backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """nccl with a GPU per rank, else gloo."""
+    return "nccl" if gpu_per_rank() else "gloo"
 
 
 def default_device() -> torch.device:
-    """cuda:LOCAL_RANK when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
+    """cuda:LOCAL_RANK with a GPU per rank, else the CPU."""
+    if gpu_per_rank():
         return torch.device("cuda", local_rank() % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")
 
@@ -79,6 +87,10 @@ def init_if_needed() -> bool:
         return False
     if not _initialized():
         name = backend()
+        if torch.cuda.is_available() and name == "gloo" and is_main():
+            print(f"sencache: {_env_int('LOCAL_WORLD_SIZE', 1)} ranks on this node but "
+                  f"{torch.cuda.device_count()} GPU(s): running every rank on the CPU with gloo; launch at most "
+                  f"{torch.cuda.device_count()} rank(s) per node to use the GPUs", file=sys.stderr)
         if name == "nccl":
             torch.cuda.set_device(default_device())
         _dist.init_process_group(backend=name)
