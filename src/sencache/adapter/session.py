@@ -75,7 +75,20 @@ class _Generation:
 
 
 class CacheSession:
-    """What :func:`enable` returns: the live cache of one transformer, with the trace of its last call."""
+    """What :func:`sencache.enable` returns: the live cache of one transformer, with the trace of its last call.
+
+    Args:
+        transformer, scheduler: the hooked transformer and the pipeline's scheduler (for the step index).
+        config: the rule's config (``build_rule()``).
+        num_inference_steps: T for a bare transformer without a scheduler.
+        sync: rank-consistent decisions under context parallelism, or None.
+        offload_residuals: keep cached residuals in (pinned) host memory.
+        observers: told of every transformer call (:class:`~sencache.adapter.observers.CallEvent`).
+        remove: takes the hooks off (what :meth:`disable` calls).
+
+    Public state: ``trace`` (the last generation's decisions), ``observers``, ``stack`` (the block stack),
+    ``method``; :meth:`summary`, :meth:`residuals`, :meth:`residual_bytes`, :meth:`cache_state`.
+    """
 
     def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None,
                  sync: DecisionSync | None = None, offload_residuals: bool = False,

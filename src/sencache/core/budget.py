@@ -103,20 +103,23 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
 def recommended_eps(profile, default: float | None = None) -> float | None:
     """The profile's ``recommended_eps`` for the default rule, or ``default`` when it has none.
 
-    A profile written before the default ε schedule changed holds an ε solved for another schedule, which
-    would miss its NFE target; when it still holds its calibration trajectories, ε is solved again here for
-    the stored ``target_nfe`` (an offline replay, no model call), with a log line saying so."""
+    A profile written before the default rule changed (its ε schedule, or what reusing samples get) holds an
+    ε solved for another rule, which would miss its NFE target; when it still holds its calibration
+    trajectories, ε is solved again here for the stored ``target_nfe`` (an offline replay, no model call),
+    with a log line saying so."""
     meta = profile.metadata
     eps = meta.get("recommended_eps")
     if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         return default
-    current = as_schedule(DEFAULT_EPS_SCHEDULE).to_dict()
-    solved_for = (meta.get("budget") or {}).get("eps_schedule", current)
+    default_rule = SenCacheConfig(profile)
+    current = {"eps_schedule": as_schedule(DEFAULT_EPS_SCHEDULE).to_dict(), "forecast": default_rule.forecast}
+    budget = meta.get("budget") or {}
+    solved_for = {"eps_schedule": budget.get("eps_schedule", current["eps_schedule"]),
+                  "forecast": budget.get("forecast", "hold")}
     target = meta.get("target_nfe")
     if solved_for == current or not isinstance(target, (int, float)) or "trajectories" not in meta:
         return float(eps)
-    eps = with_target(SenCacheConfig(profile), float(target)).eps
-    logger.info(
-        "the profile's recommended_eps was solved for eps schedule %s; solved again for %s at target NFE %g: eps %.4g",
-        (solved_for or {}).get("name", "constant"), current["name"], target, eps)
+    eps = with_target(default_rule, float(target)).eps
+    logger.info("the profile's recommended_eps was solved for another rule (%s); solved again for %s at target NFE "
+                "%g: eps %.4g", solved_for, current, target, eps)
     return float(eps)

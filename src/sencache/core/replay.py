@@ -185,5 +185,6 @@ def solve_eps(config, target_nfe: float, traj: Trajectories | None = None, eps_s
         "final_steps": config.final_steps,
         "warmup_fraction": config.warmup_fraction,
         "eps_schedule": config.eps_schedule.to_dict() if config.eps_schedule is not None else None,
+        "forecast": getattr(config, "forecast", "hold"),
         "note": "simulated on uncached calibration trajectories; reuse perturbs real ones (see measure_transfer)",
     }

@@ -21,9 +21,15 @@ from sencache.errors import SenCacheError
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EpsSchedule:
-    """A shape g(s) ≥ 0 over normalised time s = step / (T − 1) ∈ [0, 1]; ε(step) = eps · g(s).
+    """A shape g(s) ≥ 0 over normalised time s = step / (T − 1) ∈ [0, 1]; ε(step) = eps · g(s) (g unit-free).
 
-    kinds (``params``):
+    Args:
+        kind: "knots" or "power".
+        knots: ((s, g), ...) for "knots".
+        p: the exponent for "power".
+        name: shown in results and budgets.
+
+    kinds:
       * ``"knots"`` — piecewise-linear through ``knots = ((s0, g0), (s1, g1), ...)``, s increasing
         in [0, 1], constant beyond the first and last knot. ``EpsSchedule.linear(a, b)`` is
         g(s) = a + b·s; ``EpsSchedule.constant()`` is g ≡ 1 (the paper's fixed ε).

@@ -19,7 +19,15 @@ from sencache.core.change import rms_per_sample
 
 @dataclass
 class StepInput:
-    """What the adapter observes at one denoising step, for a batch of B samples."""
+    """What the adapter observes at one denoising step, for a batch of B samples.
+
+    Args:
+        step: 0-based index of the denoising step; ``num_steps`` is T.
+        timestep: (B,) float, in the units the transformer receives (0–1000 for Wan's schedulers).
+        latent: (B, ...) the transformer's noisy input.
+        modulation: (B, ...) the timestep conditioning fed to the first block (``temb``), or None.
+        rms: per-sample RMS to measure changes with (across all ranks under context parallelism).
+    """
 
     step: int  # 0-based index of the denoising step
     num_steps: int  # T, total steps of this generation
@@ -34,7 +42,15 @@ class StepInput:
 
 @dataclass
 class Decision:
-    """Per-sample verdict for one step. ``reuse[i]`` True means sample i skips the block stack."""
+    """Per-sample verdict for one step. ``reuse[i]`` True means sample i skips the block stack.
+
+    Args:
+        reuse: (B,) bool; the adapter moves it to the CPU, where all decision state lives.
+        score: (B,) float, the rule's own error estimate in its units (SenCache: RMS output units), or None.
+        eps: the threshold the score was compared with at this step.
+        reason: per-sample reasons for the trace ("first", "final", "reuse", "above_eps", "max_reuse", ...).
+        order: (B,) int, 0 = hold the cached residual, 1 = extrapolate it linearly in t; None = hold all.
+    """
 
     reuse: torch.Tensor  # (B,) bool
     score: torch.Tensor | None  # (B,) float, the rule's own error estimate (None if it has none)

@@ -66,9 +66,10 @@ def _nonneg_int(value: Any, what: str, minimum: int = 0) -> int:
 class FixedConfig:
     """Settings of the fixed-interval rule.
 
-    interval: compute every ``interval``-th step (1 = never reuse, 2 = every other step).
-    warmup_steps: leading steps that always compute; the interval pattern starts at this step.
-    final_steps: the last ``final_steps`` steps always compute.
+    Args:
+        interval: compute every ``interval``-th step (1 = never reuse, 2 = every other step).
+        warmup_steps: leading steps that always compute; the interval pattern starts at this step.
+        final_steps: the last ``final_steps`` steps always compute.
     """
 
     interval: int = 2

@@ -94,13 +94,15 @@ def retention_steps(retention_ratio: float, num_steps: int) -> int:
 class MagCacheConfig:
     """Settings of the MagCache rule.
 
-    ratios: the calibrated magnitude-ratio table, one entry per calibration step (entry 0 is
-        conventionally 1.0 and never used, since step 0 always computes). For CFG models pass the
-        conditional branch's table. Stored as a tuple of floats.
-    threshold: delta, the largest accumulated error E that still allows a reuse (paper: 0.12; 0.06 robust).
-    max_skip: K, the most consecutive reuses after a refresh (paper on Wan 2.1: 2 slow, 4 fast).
-    retention_ratio: fraction of the leading steps that always compute (paper: 0.2).
-    final_steps: the last ``final_steps`` steps always compute (0 = the paper's rule).
+    Args:
+        ratios: the calibrated magnitude-ratio table, one unit-free entry per calibration step (entry 0 is
+            conventionally 1.0 and never used, since step 0 always computes). For CFG models pass the
+            conditional branch's table. Stored as a tuple of floats.
+        threshold: δ, the largest accumulated error E (unit-free, a sum of |1 − ratio|) that still allows a
+            reuse (paper: 0.12; 0.06 robust).
+        max_skip: K, the most consecutive reuses after a refresh, in steps (paper on Wan 2.1: 2 slow, 4 fast).
+        retention_ratio: fraction of the leading steps that always compute, in [0, 1] (paper: 0.2).
+        final_steps: the last ``final_steps`` steps always compute (0 = the paper's rule).
     """
 
     ratios: Sequence[float]

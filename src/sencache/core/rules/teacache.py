@@ -85,12 +85,14 @@ def _as_float_array(values) -> np.ndarray:
 class TeaCacheConfig:
     """Settings of the TeaCache rule.
 
-    threshold: delta; reuse while the accumulated rescaled change A stays below it (paper: 0.1 slow,
-        0.2 fast; the Wan 2.1 1.3B code uses 0.05-0.08).
-    coefficients: rescaling polynomial, highest power first (numpy.polyval order). The default
-        (1.0, 0.0) is the identity, i.e. no rescaling; fit your own with :func:`fit_rescale_polynomial`.
-        A fitted polynomial can go negative near 0; like the paper's rule, this one adds it unclamped.
-    final_steps: the last ``final_steps`` steps always compute (the paper computes the last step).
+    Args:
+        threshold: δ; reuse while the accumulated rescaled change A (unit-free: rescaled relative L1 changes
+            of the first block's modulation) stays below it (paper: 0.1 slow, 0.2 fast; the Wan 2.1 1.3B code
+            uses 0.05-0.08).
+        coefficients: rescaling polynomial, highest power first (numpy.polyval order). The default
+            (1.0, 0.0) is the identity, i.e. no rescaling; fit your own with :func:`fit_rescale_polynomial`.
+            A fitted polynomial can go negative near 0; like the paper's rule, this one adds it unclamped.
+        final_steps: the last ``final_steps`` steps always compute (the paper computes the last step).
     """
 
     threshold: float = 0.1
