@@ -120,6 +120,7 @@ def recommended_eps(profile, default: float | None = None) -> float | None:
     if solved_for == current or not isinstance(target, (int, float)) or "trajectories" not in meta:
         return float(eps)
     eps = with_target(default_rule, float(target)).eps
-    logger.info("the profile's recommended_eps was solved for another rule (%s); solved again for %s at target NFE "
-                "%g: eps %.4g", solved_for, current, target, eps)
+    logger.info("the profile's recommended_eps was solved for eps schedule %s (forecast %s); solved again for %s "
+                "(forecast %s) at target NFE %g: eps %.4g", (solved_for["eps_schedule"] or {}).get("name", "constant"),
+                solved_for["forecast"], current["eps_schedule"]["name"], current["forecast"], target, eps)
     return float(eps)
