@@ -1,12 +1,17 @@
 """The one diffusers adapter: hooks on a transformer and its block stack that apply a caching rule.
 
 On every transformer call the model hook notes the branch (the pipeline's ``cache_context``), the
-denoising step, the noisy latent and the timestep. The first block's hook asks the rule once per
-step which samples may reuse; all CFG branches of that step follow the same decision, each with
-its own cached residual. For the samples that reuse, the block stack is skipped and
-``input_of_first_block + cached_residual`` is handed on, so the output head still runs with the
-current timestep. When the samples of a batch disagree, the stack runs for the refreshing rows only
-(every tensor argument with the batch as its first dimension is sliced) and the rows are merged.
+denoising step, the noisy latent and the timestep, and asks the rule once per step which samples may
+reuse; all CFG branches of that step follow the same decision, each with its own cached residual. It
+leaves a :class:`~sencache.adapter.plan.StackPlan` for the block hooks: for the samples that reuse, the
+block stack is skipped and ``input_of_first_block + cached_residual`` is handed on, so the output head
+still runs with the current timestep. When the samples of a batch disagree, the stack runs for the
+refreshing rows only (every tensor argument with the batch as its first dimension is sliced) and the rows
+are merged. After the call the model hook stores the new residuals.
+
+Decisions, host syncs and bookkeeping stay in the model hook (never traced by ``torch.compile``), so the
+block hooks compile under ``fullgraph=True`` with one graph per mode (full, skip, subset). Only a rule
+that reads the first block's modulation (TeaCache) decides inside the first block, behind a graph break.
 
 Nothing is monkey-patched: hooks live in diffusers' per-module HookRegistry, so two pipelines in
 one process keep separate state, and :func:`disable` removes every hook.
@@ -70,21 +75,14 @@ class SenCacheModelHook(ModelHook):
         context = self.context_state._context
         branch = context.name if context is not None else "default"
         step, num_steps = s._resolve_step(context, timestep, branch)
-        bad = not bool(torch.isfinite(latent).all())
-        if s.sync is not None:
-            bad = s.sync.any(bad)  # every rank raises together instead of leaving the others in a collective
-        if bad:
-            s.reset()
-            raise SenCacheError(
-                f"the latent given to the transformer at step {step} holds NaN or inf; the sampler diverged "
-                f"before caching could act (check the scheduler settings, or run without the cache to compare)"
-            )
         s._begin_call(branch, step, num_steps, latent, timestep)
         try:
             output = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
             s._poisoned = True  # the next call starts a fresh generation with no stale residuals
             s._call = None
+            s.plan.active = False
+            s.plan.clear()
             raise
         s._end_call(module, args, kwargs, output)
         return output
@@ -103,7 +101,7 @@ class _NoState:
 def _slice_rows(value, batch: int, rows: torch.Tensor):
     """Select the computed rows of every batch-first tensor, also inside tuples (rotary embeddings)."""
     if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
-        return value.index_select(0, rows.to(value.device))
+        return value.index_select(0, rows.to(value.device))  # a no-op (and traceable) on the stack's device
     if isinstance(value, (tuple, list)):
         return type(value)(_slice_rows(v, batch, rows) for v in value)
     return value
@@ -139,73 +137,54 @@ class SenCacheBlockHook(ModelHook):
         return output[st.hidden_index], output[st.encoder_index]
 
     def new_forward(self, module, *args, **kwargs):
-        """At the first block: take the step's decision; then skip the stack, run it, or run the refreshing
-        rows only, as decided.
+        """Skip the stack, run it, or run the computing rows only, as the call's plan says.
+
+        Traceable by torch.compile with ``fullgraph=True``: only the plan's Python fields are branched on
+        (dynamo guards on them: one graph per mode), no tensor is read on the host (see
+        :mod:`sencache.adapter.plan`).
         """
-        s = self.session
-        call = s._call
-        if call is None:  # called outside a hooked transformer forward: behave like the plain block
+        plan = self.session.plan
+        if not plan.active:  # called outside a hooked transformer forward: behave like the plain block
             return self.fn_ref.original_forward(*args, **kwargs)
-        st = s.stack
-        batch = s._gen.batch
+        st = self.session.stack
+        read = self.arguments.get
         if self.is_head:
-            read = self.arguments.get
-            hidden = read(st.hidden_arg, args, kwargs)
-            encoder = read("encoder_hidden_states", args, kwargs) if st.encoder_index is not None else None
-            s._decide(modulation=read("temb", args, kwargs))
-            call.head_hidden, call.head_encoder = hidden, encoder
-            if bool(call.compute.all()):
-                call.mode = "full"
-            elif not bool(call.compute.any()):
-                call.mode = "skip"
-            else:
-                call.mode = "subset"
-                call.rows = call.compute.nonzero().flatten()
-        if call.mode == "skip":
+            if plan.decide_at_head or plan.keep_modulation:
+                plan.modulation = read("temb", args, kwargs)
+            if plan.decide_at_head:
+                self.session.decide_at_head(plan.modulation)
+            plan.head_hidden = read(st.hidden_arg, args, kwargs)
+            plan.head_encoder = read("encoder_hidden_states", args, kwargs) if st.encoder_index is not None else None
+        mode = plan.mode
+        if mode == "skip":
             if self.is_head:
-                hidden = call.head_hidden + s._reused_residual(call.branch, call.head_hidden)
-                encoder = call.head_encoder
-                if encoder is not None and call.branch in s._gen.encoder_residual:
-                    encoder = encoder + s._cached(s._gen.encoder_residual, call.branch, encoder)
-                return self._pack(hidden, encoder)
-            read = self.arguments.get
+                return self._pack(*self._reused_streams(plan))
             return self._pack(read(st.hidden_arg, args, kwargs), read("encoder_hidden_states", args, kwargs))
-        if call.mode == "subset":
-            args = tuple(_slice_rows(a, batch, call.rows) for a in args)
-            kwargs = {k: _slice_rows(v, batch, call.rows) for k, v in kwargs.items()}
-        call.ran_stack = True
+        if mode == "subset":
+            batch = plan.head_hidden.shape[0]
+            args = tuple(_slice_rows(a, batch, plan.rows) for a in args)
+            kwargs = {k: _slice_rows(v, batch, plan.rows) for k, v in kwargs.items()}
         output = self.fn_ref.original_forward(*args, **kwargs)
         if not self.is_tail:
             return output
-        return self._finish_stack(output)
-
-    def _finish_stack(self, output):
-        """At the last block: store the new residuals and, in subset mode, merge the rows back."""
-        s, call = self.session, self.session._call
-        gen = s._gen
         hidden, encoder = self._unpack(output)
-        rows = call.rows if call.mode == "subset" else None
-        head_h = call.head_hidden if rows is None else call.head_hidden.index_select(0, rows.to(hidden.device))
-        new_res = hidden - head_h
-        s._store_residual(gen.residual, call.branch, rows, new_res)
-        if s.observers:  # kept only for the end-of-call event: no extra device memory without observers
-            call.residual = new_res.detach()
-        if encoder is not None and call.head_encoder is not None and encoder.shape[1:] == call.head_encoder.shape[1:]:
-            head_e = call.head_encoder if rows is None else call.head_encoder.index_select(0, rows.to(encoder.device))
-            s._store_residual(gen.encoder_residual, call.branch, rows, encoder - head_e)
-        have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
-        gen.has_residual[call.branch] = have | call.compute
-        if call.branch == gen.decider_branch:
-            s.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
-        if rows is None:
+        plan.out_hidden, plan.out_encoder = hidden, encoder
+        if mode != "subset":
             return output
-        merged_h = call.head_hidden + s._reused_residual(call.branch, call.head_hidden)
-        merged_h = merged_h.index_copy(0, rows.to(merged_h.device), hidden)
-        merged_e = None
+        merged_h, merged_e = self._reused_streams(plan)
+        merged_h = merged_h.index_copy(0, plan.rows, hidden)
         if encoder is not None:
-            merged_e = call.head_encoder + s._cached(gen.encoder_residual, call.branch, call.head_encoder)
-            merged_e = merged_e.index_copy(0, rows.to(merged_e.device), encoder)
+            merged_e = merged_e.index_copy(0, plan.rows, encoder)
         return self._pack(merged_h, merged_e)
+
+    @staticmethod
+    def _reused_streams(plan):
+        """The first block's input plus the cached (or forecast) residual, per stream."""
+        hidden = plan.head_hidden + plan.reused
+        encoder = plan.head_encoder
+        if encoder is not None and plan.reused_encoder is not None:
+            encoder = encoder + plan.reused_encoder
+        return hidden, encoder
 
 
 def enable(target, config, *, num_inference_steps: int | None = None, sync_group=AUTO,

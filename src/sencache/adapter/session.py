@@ -19,9 +19,8 @@ import torch
 
 from sencache.adapter.layout import find_block_stack
 from sencache.adapter.observers import CallEvent, SessionObserver
-from sencache.adapter.parallel import (
-    DecisionSync,
-)
+from sencache.adapter.parallel import DecisionSync
+from sencache.adapter.plan import StackPlan
 from sencache.adapter.trace import Trace, TraceRecord
 from sencache.core.rules.base import Decision, StepInput, rms_per_sample
 from sencache.errors import SenCacheError
@@ -38,11 +37,6 @@ class _Call:
     timestep: torch.Tensor  # (B,) float
     compute: torch.Tensor | None = None  # (B,) bool, rows whose block stack runs
     reasons: list[str] | None = None
-    mode: str = "full"  # full | skip | subset
-    rows: torch.Tensor | None = None  # LongTensor of computed rows in subset mode
-    head_hidden: torch.Tensor | None = None
-    head_encoder: torch.Tensor | None = None
-    ran_stack: bool = False
     modulation: torch.Tensor | None = None  # the first block's temb, for observers
     t_cpu: torch.Tensor | None = None  # (B,) float64 timestep on the CPU (decisions and forecasts live there)
     decider: bool = False  # this call asked the rule for the step's decision
@@ -103,6 +97,9 @@ class CacheSession:
         self.trace = Trace(method=self.method)
         self._gen = _Generation()
         self._call: _Call | None = None
+        self.plan = StackPlan()  # what the block hooks do in the current call (see sencache.adapter.plan)
+        # TeaCache watches the first block's modulation, so its decision waits for that block
+        self.plan.decide_at_head = bool(getattr(self.rule, "reads_modulation", False))
         self._poisoned = False
         self._sched_cache: tuple[int, torch.Tensor] | None = None
         self.sync = sync  # rank-consistent decisions (context parallelism), None: rank-local
@@ -121,6 +118,8 @@ class CacheSession:
         """Forget all cached state; the next transformer call starts a new generation."""
         self._gen = _Generation()
         self._call = None
+        self.plan.active = False
+        self.plan.clear()
 
     def disable(self) -> None:
         """Remove this cache's hooks from the transformer (same as ``sencache.disable(pipe)``)."""
@@ -152,6 +151,7 @@ class CacheSession:
         return {branch: str(value.device) for branch, value in self._gen.residual.items()}
 
     # --- step bookkeeping -------------------------------------------------------------------
+    @torch.compiler.disable  # host-side bookkeeping: never traced, even when the whole transformer is compiled
     def _resolve_step(self, context, timestep: torch.Tensor, branch: str) -> tuple[int, int]:
         if context is not None and context.step_index is not None and context.num_inference_steps:
             return int(context.step_index), int(context.num_inference_steps)
@@ -173,9 +173,25 @@ class CacheSession:
             "or pass num_inference_steps=... when enabling it on a bare transformer"
         )
 
+    @torch.compiler.disable  # host-side bookkeeping: never traced, even when the whole transformer is compiled
     def _begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor):
-        gen = self._gen
+        """Open a call: check the latent, start a new generation or step when this is one, then decide (unless
+        the rule waits for the first block's modulation) and leave the plan for the block hooks."""
         batch = latent.shape[0]
+        t_rows = timestep.detach().reshape(batch, -1)[:, 0].float() if timestep.numel() >= batch else \
+            timestep.detach().reshape(-1)[:1].float().expand(batch)
+        # the call's one host sync before the stack: the timesteps and whether the latent is finite, together
+        host = torch.cat([t_rows.double(), torch.isfinite(latent).all().double().reshape(1)]).cpu()
+        bad = not bool(host[-1])
+        if self.sync is not None:
+            bad = self.sync.any(bad)  # every rank raises together instead of leaving the others in a collective
+        if bad:
+            self.reset()
+            raise SenCacheError(
+                f"the latent given to the transformer at step {step} holds NaN or inf; the sampler diverged "
+                f"before caching could act (check the scheduler settings, or run without the cache to compare)"
+            )
+        gen = self._gen
         new_generation = (
             self._poisoned
             or gen.step is None
@@ -192,18 +208,30 @@ class CacheSession:
             gen.step, gen.decision, gen.step_input, gen.decider_branch = step, None, None, None
             gen.branches_this_step = set()
         gen.branches_this_step.add(branch)
-        t_rows = timestep.detach().reshape(batch, -1)[:, 0].float() if timestep.numel() >= batch else \
-            timestep.detach().reshape(-1)[:1].float().expand(batch)
-        self._call = _Call(branch=branch, step=step, num_steps=num_steps, latent=latent, timestep=t_rows)
+        self._call = _Call(branch=branch, step=step, num_steps=num_steps, latent=latent, timestep=t_rows,
+                           t_cpu=host[:-1])
+        plan = self.plan
+        plan.clear()
+        plan.active = True
+        plan.keep_modulation = bool(self.observers)
+        if not plan.decide_at_head:
+            self._decide(None)
+            self._prepare_plan()
+
+    @torch.compiler.disable
+    def decide_at_head(self, modulation: torch.Tensor | None) -> None:
+        """The decision for a rule that reads the first block's modulation, taken inside that block's hook
+        (kept out of any compiled graph: under ``fullgraph=True`` such a rule cannot be compiled)."""
+        self._decide(modulation)
+        self._prepare_plan()
 
     def _decide(self, modulation: torch.Tensor | None) -> None:
         """Ask the rule once per step; later branches of the step follow the same verdict."""
         gen, call = self._gen, self._call
         call.modulation = modulation
-        call.t_cpu = call.timestep.detach().double().cpu()  # the one host sync of a call
         call.decider = gen.decision is None
         if gen.decision is None:
-            inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.timestep.cpu(),
+            inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.t_cpu.float(),
                             latent=call.latent, modulation=modulation,
                             rms=self.sync.rms if self.sync is not None else rms_per_sample)
             decision = on_cpu(self.rule.decide(gen.rule_state, inp))
@@ -217,6 +245,42 @@ class CacheSession:
         call.compute = ~(reuse & have)
         reasons = list(gen.decision.reason or [("reuse" if r else "refresh") for r in reuse.tolist()])
         call.reasons = ["no_residual" if (r and not h) else why for r, h, why in zip(reuse.tolist(), have.tolist(), reasons)]
+
+    def _prepare_plan(self) -> None:
+        """Turn the call's per-sample mask into the block hooks' plan: the mode, the computing rows and what
+        the reusing rows add, all on the stack's device (so no block hook syncs or branches on a tensor)."""
+        call, plan, gen = self._call, self.plan, self._gen
+        compute = call.compute
+        device = call.latent.device
+        if bool(compute.all()):
+            plan.mode = "full"
+            return
+        plan.mode = "skip" if not bool(compute.any()) else "subset"
+        if plan.mode == "subset":
+            plan.rows = compute.nonzero().flatten().to(device, non_blocking=True)
+        plan.reused = self._reused_residual(call.branch, device)
+        if call.branch in gen.encoder_residual:
+            plan.reused_encoder = self._cached(gen.encoder_residual, call.branch, device)
+
+    def _finish_stack(self) -> None:
+        """After the stack ran: store the new residuals of the computing rows, tell the rule."""
+        call, plan, gen = self._call, self.plan, self._gen
+        hidden, encoder = plan.out_hidden, plan.out_encoder
+        rows = plan.rows if plan.mode == "subset" else None  # on the stack's device
+        rows_cpu = call.compute.nonzero().flatten() if rows is not None else None
+        head_h = plan.head_hidden if rows is None else plan.head_hidden.index_select(0, rows)
+        new_res = hidden - head_h
+        self._store_residual(gen.residual, call.branch, rows_cpu, new_res)
+        if self.observers:  # kept only for the end-of-call event: no extra device memory without observers
+            call.residual = new_res.detach()
+        head_e = plan.head_encoder
+        if encoder is not None and head_e is not None and encoder.shape[1:] == head_e.shape[1:]:
+            head_e = head_e if rows is None else head_e.index_select(0, rows)
+            self._store_residual(gen.encoder_residual, call.branch, rows_cpu, encoder - head_e)
+        have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
+        gen.has_residual[call.branch] = have | call.compute
+        if call.branch == gen.decider_branch:
+            self.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
 
     def _guard(self, decision: Decision, step: int) -> Decision:
         """All ranks reuse a sample only if every rank's rule said so (all-reduce MIN of the mask)."""
@@ -240,14 +304,22 @@ class CacheSession:
             self.trace.notes[gen.guard_note] = msg
         return Decision(reuse=agreed, score=decision.score, eps=decision.eps, reason=reasons, order=decision.order)
 
+    @torch.compiler.disable  # host-side bookkeeping: never traced, even when the whole transformer is compiled
     def _end_call(self, module=None, args: tuple = (), kwargs: dict | None = None, output=None) -> None:
-        gen, call = self._gen, self._call
-        if call is None or call.compute is None:
+        gen, call, plan = self._gen, self._call, self.plan
+        plan.active = False
+        if call is None or call.compute is None:  # the transformer ran no block of its stack
+            plan.clear()
+            self._call = None
             return
+        if plan.modulation is not None:
+            call.modulation = plan.modulation
+        if plan.out_hidden is not None:
+            self._finish_stack()
+            self.trace.stack_runs += 1
+        plan.clear()
         first_record = len(self.trace.records)
         decision = gen.decision
-        if call.ran_stack:
-            self.trace.stack_runs += 1
         for row in range(gen.batch):
             score = None
             if decision.score is not None:
@@ -320,9 +392,9 @@ class CacheSession:
         return old
 
     @staticmethod
-    def _cached(store: dict, branch: str, like: torch.Tensor) -> torch.Tensor:
-        """The branch's cached residual on ``like``'s device and dtype (copied back if offloaded)."""
-        return store[branch].to(device=like.device, dtype=like.dtype, non_blocking=True)
+    def _cached(store: dict, branch: str, device: torch.device) -> torch.Tensor:
+        """The branch's cached residual on the stack's device (copied back if offloaded)."""
+        return store[branch].to(device=device, non_blocking=True)
 
     # --- forecasting --------------------------------------------------------------------------
     def _shift_history(self, branch: str, rows: torch.Tensor | None) -> None:
@@ -346,11 +418,11 @@ class CacheSession:
         gen.prev_t[branch] = torch.where(had, last_t, gen.prev_t.get(branch, nan.clone()))
         gen.refresh_t[branch] = torch.where(mask, call.t_cpu, last_t)
 
-    def _reused_residual(self, branch: str, like: torch.Tensor) -> torch.Tensor:
+    def _reused_residual(self, branch: str, device: torch.device) -> torch.Tensor:
         """What the reusing rows get: the cached residual, extrapolated where the decision says order 1 and
         the row has two refreshes, r̂ = r_last + (r_last − r_prev)·(t − t_last) / (t_last − t_prev)."""
         gen, call = self._gen, self._call
-        cached = self._cached(gen.residual, branch, like)
+        cached = self._cached(gen.residual, branch, device)
         order = gen.decision.order if gen.decision is not None else None
         if order is None or branch not in gen.residual_prev or not bool((order > 0).any()):
             return cached
@@ -363,7 +435,7 @@ class CacheSession:
                             torch.zeros_like(step))
         idx = ok.nonzero().flatten()
         dev_idx = idx.to(cached.device)
-        prev = self._cached(gen.residual_prev, branch, like).index_select(0, dev_idx)
+        prev = self._cached(gen.residual_prev, branch, device).index_select(0, dev_idx)
         last = cached.index_select(0, dev_idx)
         factor = scale.index_select(0, idx).to(device=cached.device, dtype=cached.dtype)
         factor = factor.reshape(-1, *([1] * (cached.ndim - 1)))

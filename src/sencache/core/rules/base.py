@@ -62,7 +62,11 @@ class Decision:
 
 
 class Rule(Protocol):
-    """What the adapter needs from a caching rule: fresh state, a decision per step, news of refreshes."""
+    """What the adapter needs from a caching rule: fresh state, a decision per step, news of refreshes.
+
+    A rule may set ``reads_modulation = True`` when it watches the first block's ``temb``: the adapter then
+    decides inside that block (a graph break under torch.compile) instead of before the transformer runs.
+    """
     name: str
 
     def new_state(self, batch_size: int) -> Any:

@@ -142,6 +142,8 @@ class TeaCacheRule:
     Reasons per sample: "first" (step 0 or nothing cached yet), "final", "reuse", "threshold".
     """
 
+    reads_modulation = True  # the adapter decides at the first block, where the modulation is known
+
     name = "teacache"
 
     def __init__(self, config: TeaCacheConfig | None = None) -> None:
