@@ -95,6 +95,21 @@ class BlockCounter:
         self.handle.remove()
 
 
+# every device this machine has: the CPU always, CUDA as well on a GPU box (CI stays CPU-only)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def to_device(kwargs: dict, device) -> dict:
+    """Pipeline keyword arguments with every tensor (prompt embeddings, masks) moved to ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Run the test once per device of this machine."""
+    return torch.device(request.param)
+
+
 @pytest.fixture
 def wan_pipe():
     return tiny_wan()

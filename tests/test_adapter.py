@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import (BlockCounter, cog_kwargs, flat_profile, ltx_kwargs, tiny_cogvideox, tiny_ltx, tiny_wan,
-                      wan_kwargs)
+                      to_device, wan_kwargs)
 
 import sencache
 from sencache import ProfileError, SenCacheConfig, SenCacheError, SensitivityProfile, UnsupportedModelError
@@ -41,10 +41,10 @@ def expected_max_reuse_pattern(num_steps: int, max_reuse: int, final_steps: int)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_eps_zero_and_disable_are_bit_exact(name):
+def test_eps_zero_and_disable_are_bit_exact(name, device):
     build, kwargs_for, _, cls = CASES[name]
-    pipe = build()
-    kwargs = kwargs_for(steps=6)
+    pipe = build().to(device)
+    kwargs = to_device(kwargs_for(steps=6), device)
     reference = run(pipe, kwargs)
     cache = sencache.enable(pipe, SenCacheConfig(flat_profile(cls), eps=0.0, max_reuse=3))
     assert torch.equal(run(pipe, kwargs), reference)
@@ -59,14 +59,14 @@ def test_eps_zero_and_disable_are_bit_exact(name):
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("max_reuse,final_steps", [(1, 0), (2, 1), (3, 2)])
-def test_infinite_eps_gives_exact_max_reuse_pattern(name, max_reuse, final_steps):
+def test_infinite_eps_gives_exact_max_reuse_pattern(name, max_reuse, final_steps, device):
     build, kwargs_for, blocks_attr, cls = CASES[name]
-    pipe = build()
+    pipe = build().to(device)
     steps = 10
     cache = sencache.enable(pipe, SenCacheConfig(flat_profile(cls), eps=INF, max_reuse=max_reuse,
                                                  final_steps=final_steps))
     counter = BlockCounter(pipe.transformer, blocks_attr)
-    run(pipe, kwargs_for(steps=steps))
+    run(pipe, to_device(kwargs_for(steps=steps), device))
     counter.remove()
     summary = cache.summary()
     pattern = expected_max_reuse_pattern(steps, max_reuse, final_steps)
