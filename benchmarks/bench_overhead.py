@@ -140,7 +140,10 @@ class HookTimer:
         timers = self.total.count * window_floor + (
             self.inner.count + sum(a.count for a in self.components.values())) * wrapper_cost
         comp = {k: a.seconds / calls for k, a in self.components.items()}
-        comp["adapter_decide"] -= comp["rule_decide"]  # _decide wraps rule.decide
+        # nested parts: _begin_call runs _decide, which runs rule.decide; _end_call stores the residuals
+        comp["begin_call"] -= comp["adapter_decide"]
+        comp["adapter_decide"] -= comp["rule_decide"]
+        comp["end_call_trace"] -= comp["store_residual"]
         hook = max(raw - timers, 0.0) / calls
         comp["dispatch_bind_check_residual"] = max(hook - sum(comp.values()), 0.0)
         return {"hook_s": hook, "hook_raw_s": raw / calls, "timer_cost_s": timers / calls, "components_s": comp}

@@ -401,11 +401,21 @@ class CacheSession:
         """Before the refreshing rows get their new residual: the old one becomes the previous refresh."""
         gen, call = self._gen, self._call
         batch = gen.batch
+        old = gen.residual.get(branch)
+        if rows is None and not self.offload_residuals:
+            # the whole batch refreshes: the old residual becomes the previous one as it is (the store puts a
+            # new tensor in its place, nothing writes into it); rows that had none keep t_prev = NaN
+            if old is not None:
+                had = gen.has_residual.get(branch, torch.zeros(batch, dtype=torch.bool))
+                gen.residual_prev[branch] = old
+                gen.prev_t[branch] = torch.where(had, gen.refresh_t[branch], gen.prev_t[branch]) \
+                    if branch in gen.prev_t else torch.where(had, gen.refresh_t[branch], math.nan)
+            gen.refresh_t[branch] = call.t_cpu
+            return
         mask = torch.ones(batch, dtype=torch.bool) if rows is None else \
             torch.zeros(batch, dtype=torch.bool).index_fill_(0, rows.cpu(), True)
         nan = torch.full((batch,), math.nan, dtype=torch.float64)
         last_t = gen.refresh_t.get(branch, nan.clone())
-        old = gen.residual.get(branch)
         had = gen.has_residual.get(branch, torch.zeros(batch, dtype=torch.bool)) & mask
         if old is not None and bool(had.any()):
             prev = gen.residual_prev.get(branch)

@@ -82,6 +82,16 @@ class SensitivityProfile:
         self._t = torch.tensor(np.asarray(self.timesteps)[order], dtype=torch.float64)
         self._jx = torch.tensor(np.asarray(self.jx)[order], dtype=torch.float64)
         self._jt = torch.tensor(np.asarray(self.jt)[order], dtype=torch.float64)
+        # lookups at the same timesteps repeat every generation (one grid): remember them
+        self._memo: dict[tuple, torch.Tensor] = {}
+
+    def _memoised(self, key: tuple, compute) -> torch.Tensor:
+        value = self._memo.get(key)
+        if value is None:
+            if len(self._memo) > 4096:  # many grids or batches: start over rather than grow
+                self._memo.clear()
+            value = self._memo[key] = compute()
+        return value.clone()  # callers may keep and edit what they get
 
     def _validate(self) -> None:
         n = len(self.timesteps)
@@ -102,15 +112,23 @@ class SensitivityProfile:
     def lookup(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """‖J_x‖ and ‖J_t‖ at timestep(s) t: linear interpolation, clamped outside the grid."""
         tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
-        return interpolate(tt, self._t, self._jx), interpolate(tt, self._t, self._jt)
+        key = tuple(tt.tolist())
+        return (self._memoised(("jx", *key), lambda: interpolate(tt, self._t, self._jx)),
+                self._memoised(("jt", *key), lambda: interpolate(tt, self._t, self._jt)))
 
     def lookup_curve(self, name: str, t) -> torch.Tensor:
         """The extra curve ``name`` (e.g. ``"jtt"``) at timestep(s) t, interpolated like :meth:`lookup`."""
         if name not in self.curves:
             raise ProfileError(f"this profile has no '{name}' curve; recalibrate it with `sencache calibrate` "
                                f"(this version measures it)")
-        values = torch.tensor(np.asarray(self.curves[name])[np.argsort(self.timesteps)], dtype=torch.float64)
-        return interpolate(torch.as_tensor(t, dtype=torch.float64).reshape(-1), self._t, values)
+        curve = self.curves[name]
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+
+        def compute():
+            values = torch.tensor(np.asarray(curve)[np.argsort(self.timesteps)], dtype=torch.float64)
+            return interpolate(tt, self._t, values)
+
+        return self._memoised((name, id(curve), len(curve), *tt.tolist()), compute)
 
     # --- compatibility ------------------------------------------------------------------------
     def check_model(self, model: torch.nn.Module) -> None:

@@ -240,9 +240,10 @@ class SenCacheRule:
         else:
             raw = change_since_refresh(state, inp.latent, t, inp.rms)
             score = raw * state.factor if cfg.correction else raw
-            order = self._forecast_order(state, t, score)
-            if cfg.forecast == "auto":
-                score = torch.where(order > 0, self._forecast_error(state, t), score)
+            s1 = self._forecast_error(state, t) if cfg.forecast == "auto" else None
+            order = self._forecast_order(state, score, s1)
+            if s1 is not None:
+                score = torch.where(order > 0, s1, score)
             finite = torch.isfinite(score)
             under = finite & (score <= eps)
             room = state.reuse_run < cfg.max_reuse
@@ -267,13 +268,14 @@ class SenCacheRule:
         s1 = forecast_change(state.jtt_ref, (t64 - state.t_ref).abs(), (t64 - state.t_prev).abs())
         return torch.where(torch.isfinite(state.t_prev), s1, torch.full_like(s1, math.inf))
 
-    def _forecast_order(self, state: SenCacheState, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """1 where a reusing sample should get the linear forecast, 0 where it should hold the cache."""
+    def _forecast_order(self, state: SenCacheState, score: torch.Tensor, s1: torch.Tensor | None) -> torch.Tensor:
+        """1 where a reusing sample should get the linear forecast, 0 where it should hold the cache
+        (``s1``: the forecast's predicted error, given in "auto" mode)."""
         two = torch.isfinite(state.t_prev)
         if self.config.forecast == "linear":
             return two.long()
         if self.config.forecast == "auto":
-            return (two & (self._forecast_error(state, t) < score)).long()
+            return (two & (s1 < score)).long()
         return torch.zeros_like(two, dtype=torch.long)
 
     def _check_budget_steps(self, num_steps: int) -> None:
