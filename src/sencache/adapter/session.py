@@ -453,12 +453,13 @@ class CacheSession:
 
 
 def on_cpu(decision: Decision) -> Decision:
-    """The decision with its per-sample mask and orders on the CPU, where every piece of decision state lives
+    """The decision with its per-sample mask, scores and orders on the CPU, where every piece of decision state lives
     (counters, masks, trace): a rule may compute on the latent's device, and a CUDA mask must never meet a CPU
     counter in one op."""
     reuse = decision.reuse.detach().to("cpu", torch.bool)
     order = decision.order.detach().to("cpu", torch.long) if decision.order is not None else None
-    return replace(decision, reuse=reuse, order=order)
+    score = decision.score.detach().cpu() if decision.score is not None else None  # the trace reads it per row
+    return replace(decision, reuse=reuse, order=order, score=score)
 
 
 def _finite_or_none(value) -> float | None:
