@@ -63,5 +63,18 @@ for bench in overhead speedup memory peers demo_cost; do
 done
 
 echo
+echo "=== gpu_check ==="
+# the real size on a machine with CUDA; elsewhere the same code on a tiny model (its times mean nothing)
+size=tiny
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then size=real; fi
+start=$SECONDS
+if ! "${RUN[@]}" benchmarks/gpu_check.py --size "$size" --out "$OUT" 2>&1 | tee "$OUT/gpu_check.log"; then
+  echo "gpu_check FAILED (see $OUT/gpu_check.log)"
+  rm -f "$OUT/gpu_check.json"
+  status=1
+fi
+echo "gpu_check ($size): $((SECONDS - start)) s"
+
+echo
 "${RUN[@]}" benchmarks/write_results.py --results "$OUT" --out "$MD" --command "$COMMAND" || status=1
 exit $status

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import gpu_check  # noqa: E402
 
 SECTIONS = [
     ("overhead", "Decision overhead", "Time the SenCache hooks add per transformer call, as a fraction of one "
@@ -106,7 +107,23 @@ def render(results_dir: Path, command: str) -> str:
         lines += [d.get("table_md", ""), ""]
         if d.get("notes"):
             lines += ["Notes:", ""] + [f"- {n}" for n in d["notes"]] + [""]
+    lines += gpu_check_section(results_dir)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def gpu_check_section(results_dir: Path) -> list[str]:
+    """benchmarks/gpu_check.py's table: the real size where run_all.sh found a GPU, --size tiny elsewhere."""
+    path = results_dir / "gpu_check.json"
+    lines = ["## GPU check", ""]
+    if not path.is_file():
+        return lines + ["Not available in this run.", ""]
+    r = json.loads(path.read_text())
+    if r["size"] == "tiny":
+        lines += ["> No GPU on this machine: this is `gpu_check.py --size tiny` on the CPU (a 2-layer model, the "
+                  "compiled part with the `eager` backend). It shows the script's code paths run and the outputs "
+                  "agree; its times are not a GPU's and say nothing about the real-size speed.", ""]
+    table = gpu_check.markdown(r).replace("## GPU check", "Run", 1)  # the page has its own heading
+    return lines + [table.strip(), ""]
 
 
 def main(argv=None) -> Path:
