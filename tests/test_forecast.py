@@ -166,3 +166,10 @@ def test_audit_reports_the_forecast_criterion_next_to_s():
     assert stats["sencache [hold]"]["n"] == 4 and stats["sencache [hold]"]["spearman"] == pytest.approx(1.0)
     assert stats["sencache [forecast]"]["spearman"] == pytest.approx(-1.0)  # S₁ judged on forecast steps only
     assert stats["sencache"]["n"] == 8
+    from sencache.harness.audit import stats_table
+
+    table = stats_table({"num_inference_steps": 10, "prompts": ["p"], "seeds": [0], "stats": stats,
+                         "runs": [{"method": "sencache", "nfe": 6}]})
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in table.splitlines()
+            if line.startswith("| sencache")}
+    assert rows == {"sencache": "6.00", "sencache [hold]": "6.00", "sencache [forecast]": "6.00"}  # the run's NFE

@@ -342,12 +342,15 @@ def stats_table(result: dict) -> str:
              "| method | mean NFE | reused points | Pearson | Pearson (log) | Spearman | within-step Spearman (steps) "
              "| median actual/score |", "|---|---|---|---|---|---|---|---|"]
     for method, s in result["stats"].items():
-        nfe = np.mean([r["nfe"] for r in result["runs"] if r["method"] == method])
+        base = method.split(" [")[0]  # "sencache [forecast]" ran as "sencache"
+        nfe = np.mean([r["nfe"] for r in result["runs"] if r["method"] == base])
         lines.append(f"| {method} | {nfe:.2f} | {s['n']} | {fmt_number(s['pearson'])} | {fmt_number(s['pearson_log'])} | "
                      f"{fmt_number(s['spearman'])} | {fmt_number(s['within_step_spearman'])} ({s['within_step_steps']}) | "
                      f"{fmt_number(s['median_actual_over_score'], '.3g')} |")
     lines += ["", "Scores: SenCache S (RMS output units), MagCache accumulated error E, TeaCache accumulated "
-              "rescaled change A; Pearson on raw values, Spearman on ranks, pooled over steps and samples."]
+              "rescaled change A; Pearson on raw values, Spearman on ranks, pooled over steps and samples. "
+              "Within-step Spearman needs ≥ 3 reused samples at a step whose scores differ: a score that depends "
+              "only on the timesteps (S₁ when the samples refreshed at the same steps) gives none."]
     return "\n".join(lines) + "\n"
 
 
