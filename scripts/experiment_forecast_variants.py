@@ -2,11 +2,13 @@
 budget mode picks for each target NFE, on the profile's first 4 calibration prompts with seed 11 (never an
 evaluation pair). PSNR / LPIPS against the uncached output.
 
-    .venv/bin/python scripts/experiment_forecast_variants.py [TARGET ...]     (about 7 minutes on 2 cores)
+    .venv/bin/python scripts/experiment_forecast_variants.py [TARGET ...]     (about 12 minutes on 2 cores)
 
   n2 / n4         max_reuse 2 / 4 instead of 3 (SeaCache allows at most 2 cached steps in a row)
   jtt x2 / x4     the curvature curve scaled up, so a sample forecasts only where k·S1 < S (a more cautious
                   forecast); budget mode sees the same scaled curve, so ε is re-solved for it
+  guard 1 / 2 / 4 forecast_guard: a sample forecasts only while its own S ≤ guard·ε (a per-sample bound on
+                  the forecast's reach; 1 never forecasts)
 
 Writes docs/forecast_variants.json.
 """
@@ -40,7 +42,9 @@ def main() -> None:
     prompts = base.metadata["prompts"][:4]
     variants = {"default": (base, {}), "n2": (base, {"max_reuse": 2}), "n4": (base, {"max_reuse": 4}),
                 "jtt x2": (profile_with_curvature_scaled(2.0), {}),
-                "jtt x4": (profile_with_curvature_scaled(4.0), {})}
+                "jtt x4": (profile_with_curvature_scaled(4.0), {}),
+                "guard 1": (base, {"forecast_guard": 1.0}), "guard 2": (base, {"forecast_guard": 2.0}),
+                "guard 4": (base, {"forecast_guard": 4.0})}
     targets = [float(a) for a in sys.argv[1:]] or [15.0, 20.0, 25.0, 30.0, 35.0]
     out = {}
     for target in targets:

@@ -122,11 +122,12 @@ def test_linear_forecast_extrapolates_the_residual_in_the_timestep(pipe):
     assert checked >= 4  # refresh, reuse, refresh, reuse, ...: both branches forecast from the third step on
 
 
-def test_replay_equals_the_online_rule_with_forecast_auto(pipe, profile):
+@pytest.mark.parametrize("guard", [None, 1.5])
+def test_replay_equals_the_online_rule_with_forecast_auto(pipe, profile, guard):
     """Until the first reuse the latents are the calibration ones: decisions and scores (min of S and S₁) agree."""
     traj = trajectories_of(profile)
     for eps in (0.05, 0.3, 2.0):
-        config = SenCacheConfig(profile, eps=eps, forecast="auto")
+        config = SenCacheConfig(profile, eps=eps, forecast="auto", forecast_guard=guard)
         prompt, seed = profile.metadata["prompts"][0], profile.metadata["seeds"][0]
         session = sencache.enable(pipe, config)
         try:
@@ -145,10 +146,56 @@ def test_replay_equals_the_online_rule_with_forecast_auto(pipe, profile):
                 break
 
 
-def test_budget_mode_hits_the_target_with_forecast_auto(profile):
+@pytest.mark.parametrize("guard", [None, 2.0])
+def test_budget_mode_hits_the_target_with_forecast_auto(profile, guard):
     for target in (3, 5, 7):
-        config = sencache.budget.with_target(SenCacheConfig(profile, forecast="auto"), target_nfe=target)
+        config = sencache.budget.with_target(SenCacheConfig(profile, forecast="auto", forecast_guard=guard),
+                                             target_nfe=target)
         assert abs(config.budget["simulated_nfe"] - target) <= 0.5
+        assert config.budget["forecast_guard"] == guard
+
+
+def test_forecast_guard_gives_the_forecast_a_per_sample_bound():
+    """Two samples with the same refresh times (so the same S₁) but different S: unguarded both forecast,
+    guarded only the one whose own change S is under guard·ε."""
+    from sencache.core.rules.base import StepInput
+
+    profile = flat_profile("WanTransformer3DModel", jx=1.0, jt=0.0)
+    profile.curves["jtt"] = [0.0, 0.0]  # S₁ = 0: a forecast always looks exact
+    decisions = {}
+    for guard in (None, 2.0):
+        rule = SenCacheConfig(profile, eps=0.1, eps_schedule="constant", warmup_fraction=0.0, max_reuse=9,
+                              forecast_guard=guard).build_rule()
+        state = rule.new_state(2)
+        x = torch.zeros(2, 4)
+        for step, t in enumerate((900.0, 800.0)):
+            x = x + 1.0  # S = 1 > ε: both refresh
+            rule.decide(state, StepInput(step, 10, torch.full((2,), t), x.clone()))
+        x = x + torch.tensor([[0.05], [0.5]])  # S = 0.05 for sample 0, 0.5 for sample 1
+        decisions[guard] = rule.decide(state, StepInput(2, 10, torch.full((2,), 700.0), x))
+    free, guarded = decisions[None], decisions[2.0]
+    assert free.reuse.tolist() == [True, True] and free.order.tolist() == [1, 1]
+    assert guarded.reuse.tolist() == [True, False] and guarded.order.tolist() == [1, 0]
+    assert guarded.score.tolist() == pytest.approx([0.025, 0.25])  # max(S₁ = 0, S / 2)
+
+
+def test_a_tiny_forecast_guard_decides_like_holding(profile):
+    traj = trajectories_of(profile)
+    for eps in (0.05, 0.3, 2.0):
+        guarded = simulate_sample(SenCacheConfig(profile, eps=eps, forecast_guard=1e-9), traj.timesteps,
+                                  traj.dist[0], [eps])
+        hold = simulate_sample(SenCacheConfig(profile, eps=eps, forecast="hold"), traj.timesteps, traj.dist[0], [eps])
+        assert (guarded[0] == hold[0]).all()
+
+
+@pytest.mark.parametrize("bad, message", [(0.0, "forecast_guard must be a number > 0"),
+                                          (True, "forecast_guard must be a number > 0"),
+                                          ("2", "forecast_guard must be a number > 0")])
+def test_forecast_guard_refuses_bad_values(profile, bad, message):
+    with pytest.raises(SenCacheError, match=message):
+        SenCacheConfig(profile, forecast_guard=bad)
+    with pytest.raises(SenCacheError, match="bounds forecast=\"auto\" only"):
+        SenCacheConfig(profile, forecast="hold", forecast_guard=2.0)
 
 
 def test_audit_reports_the_forecast_criterion_next_to_s():

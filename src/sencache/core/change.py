@@ -11,6 +11,7 @@ numpy arrays and torch tensors alike. Distances are RMS over every element of a 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -25,6 +26,16 @@ def forecast_change(jtt, dt_ref, dt_prev):
     ½·‖d²f/dt²‖·|t − t_ref|·|t − t_prev|, exact for an output that is quadratic in t along the trajectory.
     ``jtt`` is the curvature of the output along the sampling path (RMS units per timestep unit squared)."""
     return 0.5 * jtt * dt_ref * dt_prev
+
+
+def guarded_forecast_change(s1, s, guard):
+    """S₁ bounded below by S / ``guard``: a sample may forecast only while its own predicted change since the
+    refresh, S, stays under ``guard``·ε. S₁ alone depends on the refresh times and one profile curve, the
+    same for every sample; the guard gives the forecast's reach a per-sample input (None: no guard)."""
+    if guard is None:
+        return s1
+    bound = s / guard
+    return torch.maximum(s1, bound) if isinstance(s1, torch.Tensor) else np.maximum(s1, bound)
 
 
 def rms_per_sample(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sencache.core.change import forecast_change, predicted_change
+from sencache.core.change import forecast_change, guarded_forecast_change, predicted_change
 from sencache.core.schedule import threshold, tied_eps_start
 from sencache.core.trajectories import Trajectories, trajectories_of
 from sencache.errors import SenCacheError
@@ -60,6 +60,7 @@ def simulate_sample(config, timesteps: np.ndarray, dist: np.ndarray, eps, eps_st
         if jtt is not None:  # forecast="auto": the smaller of the hold and the linear-forecast error
             s1 = np.where(prev >= 0, forecast_change(jtt[ref], np.abs(timesteps[k] - timesteps[ref]),
                                                      np.abs(timesteps[k] - timesteps[np.maximum(prev, 0)])), np.inf)
+            s1 = guarded_forecast_change(s1, s, getattr(config, "forecast_guard", None))
             s = np.where(s1 < s, s1, s)
         score[k] = s
         reuse = np.isfinite(s) & (s <= thr[k]) & (run < config.max_reuse)
@@ -99,6 +100,9 @@ def _eps_dependent_breakpoints(config, traj: Trajectories, eps_start: float | No
             j = np.arange(max(0, k - gap), k)
             s = predicted_change(jx[j], d[j, k], jt[j], np.abs(traj.timesteps[k] - traj.timesteps[j]))
             out.append(s[np.isfinite(s)] / g)
+            guard = getattr(config, "forecast_guard", None)
+            if jtt is not None and guard is not None:  # a guarded S₁ can take the value S / guard
+                out.append(s[np.isfinite(s)] / guard / g)
             if jtt is not None:  # the linear forecast's error from every reachable (prev, ref) pair
                 for r in j:
                     i = np.arange(max(0, r - gap - 1), r)
@@ -186,5 +190,6 @@ def solve_eps(config, target_nfe: float, traj: Trajectories | None = None, eps_s
         "warmup_fraction": config.warmup_fraction,
         "eps_schedule": config.eps_schedule.to_dict() if config.eps_schedule is not None else None,
         "forecast": getattr(config, "forecast", "hold"),
+        "forecast_guard": getattr(config, "forecast_guard", None),
         "note": "simulated on uncached calibration trajectories; reuse perturbs real ones (see measure_transfer)",
     }

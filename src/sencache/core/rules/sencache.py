@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from sencache.core.change import forecast_change, predicted_change
+from sencache.core.change import forecast_change, guarded_forecast_change, predicted_change
 from sencache.core.correction import correction_normaliser, normaliser_at
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
@@ -79,6 +79,9 @@ class SenCacheConfig:
             ½·‖d²f/dt²‖·|t − t_ref|·|t − t_prev| for the linear forecast (needs the profile's ``jtt`` curve) —
             and reuse iff that error is ≤ ε(step). None (default): ``"auto"`` when the profile has the curve,
             else ``"hold"``. :meth:`paper` gives the paper's rule exactly.
+        forecast_guard: with ``"auto"``, a sample forecasts only while also S ≤ ``forecast_guard``·ε(step)
+            (its S₁ is taken as max(S₁, S / forecast_guard)); None (default): no such bound. S₁ depends only
+            on the refresh times, so without the guard samples that refreshed together decide together.
         correction: per-sample correction of S from the observed residual changes (needs the profile's
             normaliser, :func:`sencache.calibration.correction.calibrate_correction`).
         correction_bounds: (low, high) clamp of the correction factor; 0 < low <= 1 <= high.
@@ -95,6 +98,7 @@ class SenCacheConfig:
     final_steps: int = 1
     eps_schedule: Any = DEFAULT_EPS_SCHEDULE
     forecast: str | None = None
+    forecast_guard: float | None = None
     correction: bool = False
     correction_bounds: tuple = (0.5, 2.0)
     correction_momentum: float = 0.5
@@ -123,6 +127,12 @@ class SenCacheConfig:
             raise SenCacheError(f"forecast must be one of {', '.join(FORECASTS)} (got {self.forecast!r})")
         if self.forecast == "auto":
             self.profile.lookup_curve("jtt", [0.0])  # fail now, not mid-generation
+        if self.forecast_guard is not None:
+            g = self.forecast_guard
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0:
+                raise SenCacheError(f"forecast_guard must be a number > 0 or None (got {g!r})")
+            if self.forecast != "auto":
+                raise SenCacheError(f"forecast_guard bounds forecast=\"auto\" only (forecast is {self.forecast!r})")
         self._check_correction()
         self.eps_start_tied = self.eps_start is None
         if self.eps_start is None:
@@ -241,6 +251,8 @@ class SenCacheRule:
             raw = change_since_refresh(state, inp.latent, t, inp.rms)
             score = raw * state.factor if cfg.correction else raw
             s1 = self._forecast_error(state, t) if cfg.forecast == "auto" else None
+            if s1 is not None:
+                s1 = guarded_forecast_change(s1, score, cfg.forecast_guard)
             order = self._forecast_order(state, score, s1)
             if s1 is not None:
                 score = torch.where(order > 0, s1, score)
