@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sencache.cli import audit, calibrate, compare, demo, generate, judge, plot_profile
+from sencache.cli import audit, calibrate, compare, demo, generate, import_profile, judge, plot_profile
 from sencache.errors import SenCacheError
 from sencache.version import __version__
 
-COMMANDS = (demo, generate, calibrate, plot_profile, compare, judge, audit)
+COMMANDS = (demo, generate, calibrate, import_profile, plot_profile, compare, judge, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

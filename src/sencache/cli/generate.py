@@ -27,9 +27,12 @@ from sencache.cli.options import (
     set_threads,
 )
 from sencache.core.budget import recommended_eps
+from sencache.core.presets import PRESETS
 from sencache.core.profile import SensitivityProfile
+from sencache.core.rules.sencache import SenCacheConfig
 from sencache.errors import SenCacheError
 from sencache.harness.methods import MethodContext, get_method
+from sencache.harness.runner import SessionHandle
 from sencache.runtime import distributed as dist
 from sencache.runtime.generation import generate
 from sencache.runtime.prompts import read_prompts
@@ -45,6 +48,8 @@ def clip_name(index: int, prompt: str, seed: int) -> str:
 def attach_cache(args, pipe):
     """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
 
+    if args.preset and args.cache != "sencache":
+        raise SenCacheError(f"--preset sets SenCache's own settings; use it with --cache sencache (not {args.cache})")
     spec = get_method(args.cache)
     profile_path = resolve_profile_path(args.profile, resolve_model_dir(args.model))
     ctx = MethodContext(num_inference_steps=args.steps)
@@ -53,6 +58,9 @@ def attach_cache(args, pipe):
         if not profile_path.exists():
             raise SenCacheError(f"no profile at {profile_path}; measure one with `sencache calibrate --out {profile_path}`")
         ctx.profile = SensitivityProfile.load(profile_path)
+        if args.preset:
+            overrides = {} if value is None else {"eps": value}
+            return SessionHandle(pipe, SenCacheConfig.preset(args.preset, ctx.profile, **overrides))
         if value is None:
             value = recommended_eps(ctx.profile)
     if "baselines" in spec.needs:
@@ -123,6 +131,9 @@ def add_cli(sub) -> None:
                    "fbcache, seacache, taylorseer, dbcache, ... (see `sencache compare --help`)")
     p.add_argument("--eps", type=float, default=None,
                    help="the method's threshold (SenCache: eps; default: the profile's recommended eps)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="the paper's (or the reference code's) published settings for a model, on --profile "
+                        "(--eps still overrides its eps); see the README's presets table")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny demo model)")
     add_model_arguments(p)
     p.add_argument("--steps", type=int, default=50)

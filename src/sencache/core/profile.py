@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sencache.core.reference_table import read_reference_table
 from sencache.errors import ProfileError
 
 FORMAT = "sencache-profile/1"
@@ -182,6 +183,31 @@ class SensitivityProfile:
             data["timesteps"], data["jx"], data["jt"],
             spread=data.get("spread") or {}, curves=data.get("curves") or {}, metadata=data.get("metadata") or {},
         )
+
+    @classmethod
+    def from_reference(cls, path, latent_shape, model_class: str, **metadata) -> "SensitivityProfile":
+        """A profile from the SenCache authors' ``.npz`` sensitivity table (e.g. ``sensitivity_wan21.npz``).
+
+        ``latent_shape`` = (C, F, H, W) of the latent the table was measured on (Wan 2.1 at 832×480×81:
+        (16, 21, 60, 104); see :data:`sencache.core.reference_table.REFERENCE_LATENTS`): their J_t is an L2
+        norm over it, so it is divided by √(C·F·H·W) into RMS units; J_x is unchanged. A raw
+        (samples, steps, 2) array is averaged leaving out its zeros (failed measurements). ``model_class``
+        (e.g. ``"WanTransformer3DModel"``) is checked against the model at enable time. The conversion goes
+        into ``metadata["reference_table"]``. Such a profile stores no trajectories, so budget mode needs
+        ``sencache calibrate``; a fixed ε or a preset works with it.
+        """
+        if not model_class or not isinstance(model_class, str):
+            raise ProfileError("from_reference needs model_class, the transformer's class name "
+                               "(e.g. 'WanTransformer3DModel'), so the profile is refused on another model")
+        table = read_reference_table(path, latent_shape)
+        spread = {}
+        if table.count_jx is not None:
+            spread["count"] = table.count_jx
+        if table.count_jt is not None and not np.array_equal(table.count_jx, table.count_jt):
+            spread["count_jt"] = table.count_jt
+        meta = {"model_class": model_class, "timestep_unit": "scheduler timesteps, 0-1000 (reference table)",
+                "reference_table": table.conversion, **metadata}
+        return cls(table.timesteps, table.jx, table.jt, spread=spread, **meta)
 
     @classmethod
     def load(cls, path) -> "SensitivityProfile":

@@ -38,6 +38,7 @@ import torch
 
 from sencache.core.change import forecast_change, guarded_forecast_change, predicted_change
 from sencache.core.correction import correction_normaliser, normaliser_at
+from sencache.core.presets import preset_settings
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
 from sencache.core.schedule import (
@@ -104,6 +105,7 @@ class SenCacheConfig:
     correction_momentum: float = 0.5
     budget: dict | None = field(default=None, repr=False)
     eps_start_tied: bool = field(default=True, init=False, repr=False)  # eps_start follows eps / 10
+    preset_source: str | None = field(default=None, init=False, repr=False)  # set by preset()
     # accepted only to say where budget mode went (it ran a solver inside the config before)
     target_nfe: InitVar[float | None] = None
     target_speedup: InitVar[float | None] = None
@@ -161,6 +163,23 @@ class SenCacheConfig:
             raise SenCacheError(f"correction_momentum must be in [0, 1) (got {m!r})")
         if self.correction:
             correction_normaliser(self.profile)  # fail now, not mid-generation
+
+    @classmethod
+    def preset(cls, name: str, profile: SensitivityProfile, **overrides) -> "SenCacheConfig":
+        """The published settings ``name`` for a model (:data:`sencache.core.presets.PRESETS`: ε, ε_start,
+        n, forced last steps, each with its source), on ``profile``, which must be that model's (calibrated
+        here or imported with ``sencache import-profile``). ``overrides`` change single settings."""
+        try:
+            model_class, settings, source = preset_settings(name)
+        except KeyError as exc:
+            raise SenCacheError(str(exc.args[0])) from None
+        have = profile.metadata.get("model_class") if isinstance(profile, SensitivityProfile) else None
+        if have and have != model_class:
+            raise SenCacheError(f"preset {name!r} is for {model_class}, but the profile was measured on {have}; "
+                                f"pick a preset for {have} (or calibrate and use budget mode)")
+        config = cls(profile, **{**settings, **overrides})
+        config.preset_source = f"{name}: {source}"
+        return config
 
     @classmethod
     def paper(cls, profile: SensitivityProfile, eps: float = 0.1, **overrides) -> "SenCacheConfig":
