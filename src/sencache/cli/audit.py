@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sencache.calibration.baselines import default_baselines_path, ensure_baselines
 from sencache.calibration.correction import calibrate_correction
-from sencache.cli.options import add_model_arguments, load_model, resolve_model_dir, resolve_profile_path
+from sencache.cli.options import add_model_arguments, load_model, resolve_model, resolve_profile_path
 from sencache.core.budget import recommended_eps, with_target
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.sencache import SenCacheConfig
@@ -97,7 +97,7 @@ def _check_args(args) -> None:
 def run_cli(args) -> int:
     """``sencache audit``."""
     _check_args(args)
-    model = resolve_model_dir(args.model)
+    model = resolve_model(args.model)
     profile_path = resolve_profile_path(args.profile, model)
     if not profile_path.is_file():
         raise SenCacheError(f"no sensitivity profile at {profile_path}; measure one with "

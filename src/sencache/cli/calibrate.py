@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sencache.calibration.calibrate import calibrate
 from sencache.calibration.videos import list_videos
-from sencache.cli.options import add_model_arguments, load_model, resolve_model_dir
+from sencache.cli.options import add_model_arguments, load_model, resolve_model
 from sencache.core.budget import recommend
 from sencache.errors import SenCacheError, check_int
 from sencache.runtime import distributed as dist
@@ -38,9 +38,6 @@ def add_cli(subparsers) -> None:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--guided", action="store_true", help="measure the CFG-combined output, not the cond branch")
     p.add_argument("--videos", help="folder of .mp4/.gif/.npy videos to noise instead of sampling trajectories")
-    p.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
-    p.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
     p.add_argument("--jt-curve", choices=("raw", "smooth"), default="raw", help="which J_t curve becomes jt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--target-nfe", type=float, default=None,
@@ -71,9 +68,9 @@ def run_cli(args) -> int:
     if prompts is None and args.videos is None:
         raise SenCacheError("pass --prompts FILE (one prompt per line), or --videos DIR")
     videos = list_videos(args.videos) if args.videos is not None else None
-    resolve_model_dir(args.model)  # a missing folder fails before the process group starts
+    resolve_model(args.model)  # a missing folder fails before the process group starts
     dist.init_if_needed()
-    pipe, model_dir = load_model(args, progress=not args.no_progress and dist.is_main())
+    pipe, model = load_model(args, progress=not args.no_progress and dist.is_main())
     kwargs = size_kwargs(pipe, args.frames, args.height, args.width)
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
@@ -83,7 +80,7 @@ def run_cli(args) -> int:
                         guided=args.guided, videos=videos, progress=not args.no_progress, jt_curve=args.jt_curve,
                         **kwargs)
     if dist.is_main():
-        profile.metadata["model_dir"] = str(model_dir)
+        profile.metadata["model_dir"] = str(model)
         if target_nfe is not None:
             budget = recommend(profile, target_nfe)
             print(f"budget: eps={budget['eps']:.4g} gives a simulated mean NFE of {budget['simulated_nfe']:g} "

@@ -42,7 +42,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--target", type=float, default=0.5,
                    help="target NFE as a fraction of the steps, the same for every method (default 0.5)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    add_model_arguments(p)
+    add_model_arguments(p, sizes=False)
     p.add_argument("--retune", action="store_true", help="search the thresholds again even if stored")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
 

@@ -22,7 +22,7 @@ from sencache.calibration.baselines import Baselines, default_baselines_path
 from sencache.cli.options import (
     add_model_arguments,
     load_model,
-    resolve_model_dir,
+    resolve_model,
     resolve_profile_path,
     set_threads,
 )
@@ -51,7 +51,7 @@ def attach_cache(args, pipe):
     if args.preset and args.cache != "sencache":
         raise SenCacheError(f"--preset sets SenCache's own settings; use it with --cache sencache (not {args.cache})")
     spec = get_method(args.cache)
-    profile_path = resolve_profile_path(args.profile, resolve_model_dir(args.model))
+    profile_path = resolve_profile_path(args.profile, resolve_model(args.model))
     ctx = MethodContext(num_inference_steps=args.steps)
     value = args.eps
     if "profile" in spec.needs:
@@ -84,6 +84,8 @@ def run_jobs(args) -> int:
     single = len(jobs) == 1 and not args.prompts
     out = Path(args.out)
     out_dir = out.parent if single else out
+    if "profile" in get_method(args.cache).needs:  # a hub id without --profile fails before a long load
+        resolve_profile_path(args.profile, resolve_model(args.model))
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe, _ = load_model(args)
     handle = attach_cache(args, pipe)

@@ -71,7 +71,7 @@ def _report_word_effect(pipe, args) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("judge", help="score how well the demo model follows captions (colour, shape, direction)")
-    add_model_arguments(p, profile=False)
+    add_model_arguments(p, profile=False, sizes=False)
     p.add_argument("--prompts", type=int, default=32, help="number of prompts drawn from the data distribution")
     p.add_argument("--prompt-seed", type=int, default=777, help="seed of the prompt draw")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")

@@ -1,7 +1,12 @@
-"""The one rule every command resolves ``--model``, ``--profile``, ``--device`` and ``--threads`` by.
+"""The one rule every command resolves ``--model``, ``--profile``, ``--device``, the sizes and ``--threads`` by.
 
-* ``--model DIR``: a diffusers pipeline folder; default the shipped demo model.
-* ``--profile FILE``: default ``sencache_profile.json`` inside the model folder.
+* ``--model DIR_OR_HUB_ID``: a diffusers pipeline folder, or a Hugging Face hub id (``owner/name``: loaded by
+  diffusers, which needs network access or the id in the local Hugging Face cache); default the shipped
+  demo model.
+* ``--profile FILE``: default ``sencache_profile.json`` inside the model folder (a hub id has no folder:
+  pass it).
+* ``--frames``, ``--height``, ``--width``: the video size of every generation (default: the model's);
+  attached to the pipeline as call defaults, so every generation a command makes uses them.
 * ``--device``: default ``cuda:LOCAL_RANK`` when there is a GPU for every rank, else the CPU.
 * ``--dtype``: the weights' dtype (float32, bfloat16, float16), default float32.
 * ``--threads N``: torch CPU threads (default 1).
@@ -10,21 +15,27 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import torch
 
 from sencache import demo_model
 from sencache.errors import SenCacheError
+from sencache.runtime.call_defaults import call_defaults, set_call_defaults, size_kwargs
 from sencache.runtime.distributed import default_device
 from sencache.runtime.loading import load_pipeline
 
 PROFILE_NAME = "sencache_profile.json"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, profile: bool = True) -> None:
-    """``--model``, ``--device``, ``--dtype`` (and ``--profile``) with the shared defaults."""
-    parser.add_argument("--model", default=None, help="diffusers pipeline folder (default: the shipped demo model)")
+def add_model_arguments(parser: argparse.ArgumentParser, profile: bool = True, sizes: bool = True) -> None:
+    """``--model``, ``--device``, ``--dtype`` (and ``--profile``, ``--frames/--height/--width``) with the shared
+    defaults."""
+    parser.add_argument("--model", default=None,
+                        help="diffusers pipeline folder or hub id, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
+                             "(default: the shipped demo model)")
     if profile:
         parser.add_argument("--profile", default=None,
                             help=f"sensitivity profile JSON (default: {PROFILE_NAME} in the model folder)")
@@ -32,24 +43,38 @@ def add_model_arguments(parser: argparse.ArgumentParser, profile: bool = True) -
                         help="torch device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="weights' dtype (default float32; bfloat16 is what Wan users run on GPUs)")
+    if sizes:
+        parser.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
+        parser.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
+        parser.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
 
 
-def resolve_model_dir(model) -> Path:
-    """``--model`` as a folder (default: the shipped demo model); a clear error if it is not one."""
+def resolve_model(model) -> Path | str:
+    """``--model`` as a local folder (default: the shipped demo model) or a hub id (``owner/name`` that is not
+    a local path); a clear error otherwise."""
     if model is None:
         model = getattr(demo_model, "DEFAULT_MODEL_DIR", None)  # read at call time: a build may ship no demo
         if model is None:
             raise SenCacheError("no --model given and this sencache ships no demo model; pass --model DIR "
-                                "(a diffusers pipeline folder)")
+                                "(a diffusers pipeline folder) or a hub id")
     path = Path(model)
-    if not path.is_dir():
-        raise SenCacheError(f"model folder {path} not found; pass --model DIR (a diffusers pipeline folder)")
-    return path
+    if path.is_dir():
+        return path
+    if not path.exists() and HUB_ID.match(str(model)):
+        return str(model)
+    raise SenCacheError(f"model folder {path} not found; pass --model DIR (a diffusers pipeline folder) or a hub id "
+                        f"such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
 
 
-def resolve_profile_path(profile, model_dir: Path) -> Path:
-    """``--profile`` as a path (default: the profile inside the model folder)."""
-    return Path(profile) if profile else Path(model_dir) / PROFILE_NAME
+def resolve_profile_path(profile, model: Path | str) -> Path:
+    """``--profile`` as a path (default: the profile inside the model folder; a hub id needs ``--profile``)."""
+    if profile:
+        return Path(profile)
+    if isinstance(model, str):
+        raise SenCacheError(f"--model {model} is a hub id, so there is no model folder to find its profile in: pass "
+                            f"--profile FILE (measure one with `sencache calibrate --model {model} --out FILE`, or "
+                            f"convert the authors' table with `sencache import-profile`)")
+    return Path(model) / PROFILE_NAME
 
 
 def resolve_device(device) -> torch.device:
@@ -63,11 +88,15 @@ def resolve_device(device) -> torch.device:
 
 
 def load_model(args, progress: bool = False):
-    """(pipeline, model folder) for the parsed ``args`` by the rules above."""
-    model_dir = resolve_model_dir(getattr(args, "model", None))
-    pipe = load_pipeline(model_dir, resolve_device(getattr(args, "device", None)), getattr(args, "dtype", "float32"),
+    """(pipeline, model folder or hub id) for the parsed ``args`` by the rules above, with the size flags
+    attached as call defaults."""
+    model = resolve_model(getattr(args, "model", None))
+    pipe = load_pipeline(model, resolve_device(getattr(args, "device", None)), getattr(args, "dtype", "float32"),
                          progress=progress)
-    return pipe, model_dir
+    sizes = [getattr(args, k, None) for k in ("frames", "height", "width")]
+    if any(v is not None for v in sizes):
+        set_call_defaults(pipe, {**call_defaults(pipe), **size_kwargs(pipe, *sizes)})
+    return pipe, model
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -40,18 +40,20 @@ def _quiet_loading(quiet: bool):
 
 def load_pipeline(path, device=None, dtype: str = "float32", progress: bool = False):
     """``DiffusionPipeline.from_pretrained(path)`` with null components kept None, moved to ``device``
-    (default: cuda:LOCAL_RANK when CUDA is available, else the CPU) in ``dtype``; a folder that cannot be
-    loaded gives a one-line SenCacheError."""
-    path = Path(path)
-
+    (default: cuda:LOCAL_RANK when CUDA is available, else the CPU) in ``dtype``; a folder (or a hub id,
+    given as a str that is not a local folder) that cannot be loaded gives a one-line SenCacheError."""
     from diffusers import DiffusionPipeline
 
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-    except (OSError, ValueError):
-        raise SenCacheError(f"{path} is not a diffusers pipeline folder (no readable model_index.json); "
-                            f"pass --model DIR written by save_pretrained") from None
-    absent = {k: None for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is None}
+    hub_id = isinstance(path, str) and not Path(path).is_dir()
+    absent = {}
+    if not hub_id:
+        path = Path(path)
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+        except (OSError, ValueError):
+            raise SenCacheError(f"{path} is not a diffusers pipeline folder (no readable model_index.json); "
+                                f"pass --model DIR written by save_pretrained") from None
+        absent = {k: None for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is None}
     kwargs = {} if dtype == "float32" else {"dtype": getattr(torch, dtype)}
     with _quiet_loading(not progress):
         try:
@@ -61,10 +63,19 @@ def load_pipeline(path, device=None, dtype: str = "float32", progress: bool = Fa
             why = lines[0] if lines else type(exc).__name__
             if "low_cpu_mem_usage" in why:
                 why = "diffusers needs the `accelerate` package to load this model (pip install accelerate)"
+            if hub_id:
+                raise SenCacheError(f"cannot load the hub model {path} (it is not a local folder either): {why}; "
+                                    f"it needs network access or the model in the Hugging Face cache") from None
             raise SenCacheError(f"cannot load a diffusers pipeline from {path}: {why}") from None
+    if hub_id:
+        return _placed(pipe, device)
     defaults = read_call_defaults(path)  # the size the model was trained for, when its folder says
     if defaults:
         set_call_defaults(pipe, defaults)
+    return _placed(pipe, device)
+
+
+def _placed(pipe, device):
     pipe.to(device if device is not None else dist.default_device())
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
