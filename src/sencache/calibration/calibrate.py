@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sencache.adapter.hooks import active_session
+from sencache.calibration.checkpoint import SampleCheckpoint
 from sencache.calibration.secants import (
     SMOOTHING,
     TIMESTEP_UNIT,
@@ -81,7 +82,7 @@ def _refuse_active_cache(pipe) -> None:
 
 def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50, num_samples: int = 8, seed: int = 0,
               guided: bool = False, videos=None, progress: bool = True, jt_curve: str = "raw",
-              **pipe_kwargs) -> SensitivityProfile:
+              checkpoint=None, resume: bool = False, **pipe_kwargs) -> SensitivityProfile:
     """Measure the sensitivity profile of ``pipe``'s transformer on its ``num_inference_steps`` grid.
 
     Sample i uses prompt ``prompts[i % len(prompts)]`` and seed ``seed + i``; its trajectory is the one
@@ -95,6 +96,10 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     ‖J_t‖ zig-zags from step to step; the profile keeps ``curves['jt_raw']`` and a (1,2,1)/4-smoothed
     ``curves['jt_smooth']``; ``jt_curve`` chooses which one becomes ``jt`` (default raw: which serves
     the cache better is for the fidelity comparison to decide).
+
+    ``checkpoint``: a folder where every finished sample is written as it completes; with ``resume=True`` a
+    run interrupted there continues (its arguments must match; the result equals an uninterrupted run's).
+    The folder is left in place: delete it (the CLI does) once the profile is saved.
 
     Under ``torchrun`` samples are sharded round-robin across ranks and gathered to rank 0, which
     aggregates in global sample order (so the result equals a single-process run up to float
@@ -126,9 +131,17 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     if progress and dist.is_main():
         _announce(num_samples, len(grid), per_step)
 
+    saved = None
+    if checkpoint is not None:
+        saved = SampleCheckpoint(checkpoint, {
+            "model_class": model_class_name(target.transformer), "config_hash": model_config_hash(target.transformer),
+            "grid": grid, "latent_shape": list(target.latent_shape), "guided": bool(guided),
+            "guidance": target.guidance, "negative_prompt": target.negative_prompt, "dtype": str(target.dtype),
+            "samples": [[s.index, s.prompt, s.seed, None if s.video is None else video_names[s.video]]
+                        for s in samples]}, resume=resume)
     mine = dist.shard(samples)
     payload, failure = _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps, guided,
-                                progress and dist.is_main(), len(grid))
+                                progress and dist.is_main(), len(grid), saved)
     outcome = _gather(payload, num_samples, grid, jt_curve)
     if outcome[0] == "error":
         if failure is not None:
@@ -177,13 +190,19 @@ def _announce(num_samples: int, steps: int, per_step: int) -> None:
 
 
 def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: int, guided: bool, show: bool,
-             steps: int) -> tuple[tuple, BaseException | None]:
-    """This rank's samples measured: (("ok", [(index, curves), ...]) or ("error", message), the exception)."""
+             steps: int, saved: SampleCheckpoint | None = None) -> tuple[tuple, BaseException | None]:
+    """This rank's samples measured (or read back from ``saved``, where each new one is also written):
+    (("ok", [(index, curves), ...]) or ("error", message), the exception)."""
     bar = tqdm(total=len(mine) * steps, desc="calibrating", unit="step", disable=not show, file=sys.stderr)
     try:
         results = []
         with torch.inference_mode():
             for _, sample in mine:
+                done = saved.load(sample.index) if saved is not None else None
+                if done is not None:
+                    results.append((sample.index, done))
+                    bar.update(steps)
+                    continue
                 denoise, sampler_output = target.denoisers(sample.prompt, guided)
                 if sample.video is None:
                     scheduler = copy.deepcopy(pipe.scheduler)
@@ -196,6 +215,8 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
                     curves = measure_noised(denoise, grid_scheduler, x0, noise, sampler_output=sampler_output,
                                             on_step=bar.update)
                 curves.final = None  # only the numbers travel to rank 0
+                if saved is not None:
+                    saved.save(sample.index, curves)
                 results.append((sample.index, curves))
         return ("ok", results), None
     except Exception as exc:

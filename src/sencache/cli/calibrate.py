@@ -6,6 +6,7 @@ With ``--target-nfe`` the profile also stores budget mode's ε for that NFE as `
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 from sencache.calibration.calibrate import calibrate
@@ -40,6 +41,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--videos", help="folder of .mp4/.gif/.npy videos to noise instead of sampling trajectories")
     p.add_argument("--jt-curve", choices=("raw", "smooth"), default="raw", help="which J_t curve becomes jt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: every finished sample is kept in OUT.partial/ as it completes "
+                        "(same arguments required); the folder is deleted once the profile is written")
     p.add_argument("--target-nfe", type=float, default=None,
                    help="also pick the eps whose simulated NFE on these trajectories is closest to this target "
                         "(stored as recommended_eps; sencache.budget.with_target(config, target_nfe=N) does the same in Python)")
@@ -76,9 +80,10 @@ def run_cli(args) -> int:
         kwargs["guidance_scale"] = args.guidance
     if args.negative_prompt is not None:
         kwargs["negative_prompt"] = args.negative_prompt
+    partial = out.with_name(out.name + ".partial")
     profile = calibrate(pipe, prompts, num_inference_steps=args.steps, num_samples=args.samples, seed=args.seed,
                         guided=args.guided, videos=videos, progress=not args.no_progress, jt_curve=args.jt_curve,
-                        **kwargs)
+                        checkpoint=partial, resume=args.resume, **kwargs)
     if dist.is_main():
         profile.metadata["model_dir"] = str(model)
         if target_nfe is not None:
@@ -90,4 +95,6 @@ def run_cli(args) -> int:
               f"J_t {min(profile.jt):.4g}..{max(profile.jt):.4g} ({profile.metadata['branch']} branch, "
               f"{profile.metadata['num_samples']} samples)")
     dist.barrier()
+    if dist.is_main():
+        shutil.rmtree(partial, ignore_errors=True)  # the profile is written: its finished samples are done with
     return 0
