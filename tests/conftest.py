@@ -113,3 +113,34 @@ def device(request) -> torch.device:
 @pytest.fixture
 def wan_pipe():
     return tiny_wan()
+
+
+WALL_CLOCK_KEYS = {"wall_s", "speedup", "seconds"}  # the only fields two runs of the same work may differ in
+
+
+def without_wall_clock(value, extra: frozenset = frozenset()):
+    """``value`` (nested dicts/lists) without wall-clock fields (and ``extra`` keys)."""
+    drop = WALL_CLOCK_KEYS | set(extra)
+    if isinstance(value, dict):
+        return {k: without_wall_clock(v, extra) for k, v in value.items() if k not in drop}
+    if isinstance(value, list):
+        return [without_wall_clock(v, extra) for v in value]
+    return value
+
+
+class Interrupt(Exception):
+    """A run killed midway (raised by :func:`counting_calls`)."""
+
+
+def counting_calls(monkeypatch, module, name: str, fail_at: int | None = None) -> list:
+    """Count the calls of ``module.name`` (and raise Interrupt at the ``fail_at``-th, as a killed run stops)."""
+    calls, real = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if fail_at is not None and len(calls) == fail_at:
+            raise Interrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import Interrupt, counting_calls
 from full_pipelines import save_tiny_pipeline
 
 import sencache.calibration.calibrate as calibrate_module
@@ -28,22 +29,8 @@ def pipe():
     return p
 
 
-class Interrupt(Exception):
-    pass
-
-
 def counting(monkeypatch, fail_at: int | None = None) -> list:
-    """Count the samples measured (and raise at the ``fail_at``-th, as a killed run would stop)."""
-    calls, real = [], calibrate_module.measure_trajectory
-
-    def measure(*args, **kwargs):
-        calls.append(1)
-        if fail_at is not None and len(calls) == fail_at:
-            raise Interrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(calibrate_module, "measure_trajectory", measure)
-    return calls
+    return counting_calls(monkeypatch, calibrate_module, "measure_trajectory", fail_at)
 
 
 def test_a_resumed_calibration_equals_an_uninterrupted_one(pipe, tmp_path, monkeypatch):
@@ -52,7 +39,7 @@ def test_a_resumed_calibration_equals_an_uninterrupted_one(pipe, tmp_path, monke
     counting(monkeypatch, fail_at=3)  # samples 0 and 1 finish, sample 2 is interrupted
     with pytest.raises(Interrupt):
         calibrate(pipe, PROMPTS, checkpoint=folder, **ARGS)
-    assert sorted(p.name for p in folder.glob("sample_*.json")) == ["sample_00000.json", "sample_00001.json"]
+    assert sorted(p.name for p in folder.glob("item_*.json")) == ["item_00000.json", "item_00001.json"]
     calls = counting(monkeypatch)
     resumed = calibrate(pipe, PROMPTS, checkpoint=folder, resume=True, **ARGS)
     assert len(calls) == 1  # only the unfinished sample was measured again
@@ -68,13 +55,13 @@ def test_resume_refuses_other_arguments_and_a_folder_without_resume(pipe, tmp_pa
     with pytest.raises(Interrupt):
         calibrate(pipe, PROMPTS, checkpoint=folder, **ARGS)
     counting(monkeypatch)
-    with pytest.raises(SenCacheError, match="holds 1 finished sample.*pass --resume"):
+    with pytest.raises(SenCacheError, match="holds 1 finished item.*pass --resume"):
         calibrate(pipe, PROMPTS, checkpoint=folder, **ARGS)
     with pytest.raises(SenCacheError, match="was run with other grid; run it with the same arguments"):
         calibrate(pipe, PROMPTS, checkpoint=folder, resume=True, **{**ARGS, "num_inference_steps": 5})
     with pytest.raises(SenCacheError, match="was run with other samples"):
         calibrate(pipe, ["another prompt"], checkpoint=folder, resume=True, **ARGS)
-    assert (folder / "sample_00000.json").is_file()  # nothing was lost by the refusals
+    assert (folder / "item_00000.json").is_file()  # nothing was lost by the refusals
 
 
 def test_cli_calibrate_resume(tmp_path, monkeypatch, capsys):
@@ -92,7 +79,7 @@ def test_cli_calibrate_resume(tmp_path, monkeypatch, capsys):
     counting(monkeypatch, fail_at=2)
     with pytest.raises(Interrupt):
         main(args)
-    assert (tmp_path / "profile.json.partial" / "sample_00000.json").is_file() and not out.exists()
+    assert (tmp_path / "profile.json.partial" / "item_00000.json").is_file() and not out.exists()
     counting(monkeypatch)
     assert main(args) == 2
     assert "pass --resume" in capsys.readouterr().err

@@ -21,27 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import without_wall_clock
 
 from sencache.cli import main
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "torchrun_worker.py"
 STEPS = 6
-TIMING_KEYS = {"wall_s", "speedup", "seconds"}  # wall-clock fields: the only ones allowed to differ
-
 
 def torchrun(args: list[str], cwd, timeout: int = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -105,7 +97,7 @@ def test_compare_sharded_over_two_ranks_equals_one_process(model_dir, eval_promp
     assert any(s["nfe"] < STEPS for s in b["methods"]["sencache"]["settings"])  # caching really ran
     # "files" (written back with the tuning) holds the output folder's paths, which differ by design
     assert {k: Path(v).name for k, v in b.pop("files").items()} == {k: Path(v).name for k, v in a.pop("files").items()}
-    assert without_timing(b) == without_timing(a)
+    assert without_wall_clock(b) == without_wall_clock(a)
     fa, fb = np.load(single / "frames.npz"), np.load(sharded / "frames.npz")
     assert sorted(fa.files) == sorted(fb.files) and len(fa.files) >= 4 * 2
     for key in fa.files:
@@ -155,7 +147,7 @@ def test_generate_sharded_over_two_ranks_gives_identical_frames(model_dir, eval_
     assert any(j["nfe"] < STEPS for j in jb)  # the cache reused steps
 
     def normalised(jobs):
-        return [{**without_timing(j), "files": [Path(f).name for f in j["files"]]} for j in jobs]
+        return [{**without_wall_clock(j), "files": [Path(f).name for f in j["files"]]} for j in jobs]
 
     assert normalised(jb) == normalised(ja)
     npys = sorted(p.name for p in single.glob("*.npy"))

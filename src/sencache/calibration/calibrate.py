@@ -41,10 +41,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sencache.adapter.hooks import active_session
-from sencache.calibration.checkpoint import SampleCheckpoint
 from sencache.calibration.secants import (
     SMOOTHING,
     TIMESTEP_UNIT,
+    SampleCurves,
     aggregate,
     measure_noised,
     measure_trajectory,
@@ -59,6 +59,7 @@ from sencache.core.profile import (
 from sencache.core.trajectories import trajectory_metadata
 from sencache.errors import SenCacheError, check_int
 from sencache.runtime import distributed as dist
+from sencache.runtime.checkpoint import RunCheckpoint
 from sencache.version import __version__
 
 
@@ -133,12 +134,12 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
 
     saved = None
     if checkpoint is not None:
-        saved = SampleCheckpoint(checkpoint, {
+        saved = RunCheckpoint(checkpoint, {
             "model_class": model_class_name(target.transformer), "config_hash": model_config_hash(target.transformer),
             "grid": grid, "latent_shape": list(target.latent_shape), "guided": bool(guided),
             "guidance": target.guidance, "negative_prompt": target.negative_prompt, "dtype": str(target.dtype),
             "samples": [[s.index, s.prompt, s.seed, None if s.video is None else video_names[s.video]]
-                        for s in samples]}, resume=resume)
+                        for s in samples]}, resume=resume, what="calibration")
     mine = dist.shard(samples)
     payload, failure = _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps, guided,
                                 progress and dist.is_main(), len(grid), saved)
@@ -190,7 +191,7 @@ def _announce(num_samples: int, steps: int, per_step: int) -> None:
 
 
 def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: int, guided: bool, show: bool,
-             steps: int, saved: SampleCheckpoint | None = None) -> tuple[tuple, BaseException | None]:
+             steps: int, saved: RunCheckpoint | None = None) -> tuple[tuple, BaseException | None]:
     """This rank's samples measured (or read back from ``saved``, where each new one is also written):
     (("ok", [(index, curves), ...]) or ("error", message), the exception)."""
     bar = tqdm(total=len(mine) * steps, desc="calibrating", unit="step", disable=not show, file=sys.stderr)
@@ -200,7 +201,7 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
             for _, sample in mine:
                 done = saved.load(sample.index) if saved is not None else None
                 if done is not None:
-                    results.append((sample.index, done))
+                    results.append((sample.index, SampleCurves(**done[0])))
                     bar.update(steps)
                     continue
                 denoise, sampler_output = target.denoisers(sample.prompt, guided)
@@ -216,7 +217,7 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
                                             on_step=bar.update)
                 curves.final = None  # only the numbers travel to rank 0
                 if saved is not None:
-                    saved.save(sample.index, curves)
+                    saved.save(sample.index, curves_record(curves))
                 results.append((sample.index, curves))
         return ("ok", results), None
     except Exception as exc:
@@ -247,6 +248,13 @@ def _gather(payload: tuple, num_samples: int, grid: list[float], jt_curve: str) 
                     outcome = ("error", [(0, str(exc))])
     outcome = dist.broadcast_object(outcome)
     return outcome if outcome[0] == "ok" else (*outcome, failure)
+
+
+def curves_record(curves: SampleCurves) -> dict:
+    """A sample's numbers as plain JSON (its final latent is not kept)."""
+    return {"timesteps": [float(v) for v in curves.timesteps], "jx": [float(v) for v in curves.jx],
+            "jt": [float(v) for v in curves.jt], "jtt": [float(v) for v in curves.jtt],
+            "dist": None if curves.dist is None else [[float(v) for v in row] for row in curves.dist]}
 
 
 def profile_metadata(pipe, target, guided: bool, from_videos: bool, video_names: list[str], jt_curve: str,

@@ -16,6 +16,7 @@ from sencache.errors import SenCacheError
 from sencache.version import __version__
 
 COMMANDS = (demo, generate, calibrate, import_profile, plot_profile, compare, judge, audit)
+RESUMABLE = ("calibrate", "compare")  # they keep every finished sample / job as it completes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
         print(f"sencache {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sencache {args.command}: interrupted", file=sys.stderr)
+        resumable = args.command in RESUMABLE
+        print(f"sencache {args.command}: interrupted" + ("; what finished is kept: the same command with --resume "
+                                                        "continues it" if resumable else ""), file=sys.stderr)
         return 130
     return int(result or 0)

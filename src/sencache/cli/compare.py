@@ -7,6 +7,7 @@ and threshold tuning (``--nfe-targets``) run once on rank 0 and are shared.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def parse_set(items: Sequence[str]) -> dict[str, list]:
     return out
 
 
+PARTIAL = "partial"  # OUT/partial/: finished jobs of a run that has not ended
+
+
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="compare caching methods against the uncached reference (NFE, time, PSNR, SSIM, LPIPS)",
@@ -70,6 +74,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", default="sencache_compare", help="output folder (default sencache_compare/)")
     p.add_argument("--report", action="store_true", help="also write side_by_side.mp4/.gif and report.html")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: every finished job is kept in OUT/partial/ as it completes "
+                        "(same arguments required; --nfe-targets tunes again, to the same thresholds); the folder "
+                        "is deleted once the results are written")
     add_threads_argument(p)
     p.set_defaults(func=_run_cli)
 
@@ -123,9 +131,12 @@ def _run_cli(args) -> int:
     results = compare(pipe, prompts, args.seeds, args.methods, sweep=args.sweep, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, out_dir=args.out, profile=profile, baselines=baselines,
                       values=values, use_lpips=False if args.no_lpips else None, model=str(model),
-                      profile_path=profile_path, baselines_path=baselines_path, keep_going=True)
+                      profile_path=profile_path, baselines_path=baselines_path, keep_going=True,
+                      checkpoint=Path(args.out) / PARTIAL, resume=args.resume)
     if results is None:  # another rank: rank 0 writes and reports
         return 0
+    if not results["failures"]:  # every job is in the results: the finished ones are done with
+        shutil.rmtree(Path(args.out) / PARTIAL, ignore_errors=True)
     if tuning:
         results["tuning"] = tuning
         results["equal_nfe"] = {"targets": list(args.nfe_targets), "methods": equal_nfe(results, args.nfe_targets)}
@@ -141,4 +152,7 @@ def _run_cli(args) -> int:
     for f in results["failures"]:
         print(f"failed: job {f['job']} {f['prompt']!r} seed {f['seed']} on rank {f['rank']}: {f['error']}",
               file=sys.stderr)
+    if results["failures"]:
+        print(f"the finished jobs are kept in {Path(args.out) / PARTIAL}: the same command with --resume runs only "
+              f"the failed ones", file=sys.stderr)
     return 1 if results["failures"] else 0

@@ -35,12 +35,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from sencache.adapter.parallel import parallel_config_of
+from sencache.core.profile import model_class_name, model_config_hash
 from sencache.errors import SenCacheError
 from sencache.harness import report
 from sencache.harness.methods import REFERENCE, MethodContext, get_method
 from sencache.harness.metrics import PSNR_CAP_DB, lpips_ready
 from sencache.harness.runner import against_reference
 from sencache.runtime import distributed as dist
+from sencache.runtime.checkpoint import RunCheckpoint
 from sencache.runtime.generation import generate
 from sencache.runtime.prompts import check_disjoint
 from sencache.runtime.video import as_uint8
@@ -327,7 +329,7 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
             num_inference_steps: int = 50, guidance_scale: float = 5.0, out_dir=None, profile=None, baselines=None,
             values: dict | None = None, use_lpips: bool | None = None, progress: bool = True, model: str | None = None,
             profile_path=None, baselines_path=None, warmup: bool = True, shard: bool | None = None,
-            keep_going: bool | None = None) -> dict | None:
+            keep_going: bool | None = None, checkpoint=None, resume: bool = False) -> dict | None:
     """Compare ``methods`` against the uncached reference on every prompt x seed. Returns the results dict.
 
     ``values`` pins a method's setting(s) (see :func:`plan_variants`); ``use_lpips=None`` computes LPIPS when
@@ -338,6 +340,10 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
     parallelism, whose ranks must all run every job). Sharded, only rank 0 gets the results (the other
     ranks return None). ``keep_going`` (default: when sharded): record a failing job in
     ``results["failures"]`` and go on, instead of raising.
+
+    ``checkpoint``: a folder where every finished job (record and frames) is written as it completes; with
+    ``resume=True`` a comparison interrupted there runs only its unfinished jobs (its arguments must match)
+    and gives the same results apart from wall-clock fields. The folder is left for the caller to delete.
     """
     from tqdm.auto import tqdm
 
@@ -368,13 +374,29 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
         except Exception:
             if not keep_going:
                 raise  # otherwise the job itself fails below and is recorded with its prompt
+    saved = None
+    if checkpoint is not None:
+        transformer = getattr(pipe, "transformer", None)
+        saved = RunCheckpoint(checkpoint, {
+            "model_class": model_class_name(transformer), "config_hash": model_config_hash(transformer),
+            "jobs": [[j.index, j.prompt, j.seed] for j in jobs], "steps": int(num_inference_steps),
+            "guidance": float(guidance_scale), "lpips": bool(use_lpips), "frames": out_dir is not None,
+            "variants": [[v.key, v.method, v.value] for v in variants]}, resume=resume, what="comparison")
     bar = tqdm(total=len(mine) * (1 + len(variants)), desc="compare", unit="run", disable=not progress or not main)
     records, failures, frames = [], [], {}
     try:
         for job in mine:
+            done = saved.load(job.index) if saved is not None else None
+            if done is not None:
+                records.append(done[0])
+                frames.update({f"{job.index}|{k}": v for k, v in done[1].items()})
+                bar.update(1 + len(variants))
+                continue
             try:
                 rec, job_frames = run_job(pipe, job, variants, ctx, guidance_scale, use_lpips,
                                           keep_frames=out_dir is not None, progress=bar)
+                if saved is not None:
+                    saved.save(job.index, rec, job_frames)
             except Exception as exc:
                 if not keep_going:
                     raise
