@@ -320,15 +320,21 @@ class CacheSession:
         plan.clear()
         first_record = len(self.trace.records)
         decision = gen.decision
+        # one conversion per call, then plain Python per row (the timesteps from the host copy: a per-row read of
+        # the device tensor would sync the GPU once per row)
+        computed = call.compute.tolist()
+        times = call.t_cpu.tolist()
+        scores = decision.score.tolist() if decision.score is not None else [None] * gen.batch
+        runs = gen.reuse_run.tolist()
+        orders = decision.order.tolist() if decision.order is not None else [0] * gen.batch
+        eps = None if decision.eps is None or math.isnan(decision.eps) else float(decision.eps)
         for row in range(gen.batch):
-            score = None
-            if decision.score is not None:
-                score = _finite_or_none(decision.score[row])
+            done = computed[row]
             self.trace.records.append(TraceRecord(
-                call=gen.call_index, step=call.step, timestep=float(call.timestep[row]), branch=call.branch,
-                sample=row, computed=bool(call.compute[row]), score=score, eps=None if decision.eps is None or math.isnan(decision.eps) else float(decision.eps),
-                reuse_run=int(gen.reuse_run[row]) if not call.compute[row] else 0, reason=call.reasons[row],
-                forecast=int(decision.order[row]) if decision.order is not None and not call.compute[row] else 0,
+                call=gen.call_index, step=call.step, timestep=float(times[row]), branch=call.branch, sample=row,
+                computed=bool(done), score=_finite_or_none(scores[row]), eps=eps,
+                reuse_run=0 if done else int(runs[row]), reason=call.reasons[row],
+                forecast=0 if done else int(orders[row]),
             ))
         gen.call_index += 1
         if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
