@@ -88,7 +88,7 @@ def test_calibrate_a_wan_folder_with_the_size_flags(tmp_path, capsys):
     assert profile.metadata["latent_shape"] == [1, 16, 2, 4, 4]  # 5 frames -> 2 latent frames, 32 px -> 4
 
 
-@pytest.mark.parametrize("kind", ["cogvideox", "ltx"])
+@pytest.mark.parametrize("kind", ["ltx"])
 def test_calibrate_refuses_what_it_cannot_measure_yet(kind, tmp_path, capsys):
     path = tmp_path / kind
     save(kind, path)
@@ -97,7 +97,9 @@ def test_calibrate_refuses_what_it_cannot_measure_yet(kind, tmp_path, capsys):
     code = main(["calibrate", "--model", str(path), "--prompts", str(prompts), "--samples", "1", "--steps", "4",
                  "--no-progress", "--out", str(tmp_path / "p.json")])
     assert code == 2
-    assert "calibrate supports WanPipeline for now" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibrate supports WanPipeline and CogVideoXPipeline for now, got LTXPipeline" in err
+    assert "sencache import-profile" in err
 
 
 def test_a_hub_id_without_network_fails_clearly(tmp_path, monkeypatch, capsys):

@@ -50,7 +50,7 @@ from sencache.calibration.secants import (
     measure_trajectory,
 )
 from sencache.calibration.videos import list_videos, load_video
-from sencache.calibration.wan_target import target_for
+from sencache.calibration.targets import target_for
 from sencache.core.profile import (
     SensitivityProfile,
     model_class_name,
@@ -208,8 +208,10 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
                 if sample.video is None:
                     scheduler = copy.deepcopy(pipe.scheduler)
                     scheduler.set_timesteps(num_inference_steps, device=target.device)
-                    curves = measure_trajectory(denoise, scheduler, target.noise(sample.seed),
-                                                sampler_output=sampler_output, on_step=bar.update)
+                    start = target.noise(sample.seed)
+                    step = target.sampler_step()  # after noise(): it goes on with the same generator
+                    curves = measure_trajectory(denoise, scheduler, start, sampler_output=sampler_output,
+                                                on_step=bar.update, step=step)
                 else:
                     x0 = target.encode_video(frames[sample.video])
                     noise = target.noise(sample.seed)

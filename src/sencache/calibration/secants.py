@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from sencache.errors import SenCacheError, UnsupportedModelError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> model output
 SamplerOutput = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, f) -> sampler's output
+SamplerStep = Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]  # (sched, out, t, x, k) -> x'
 
 TIMESTEP_UNIT = "transformer input (scheduler.timesteps)"
 SMOOTHING = "binomial (1,2,1)/4 over neighbouring grid steps; (2,1)/3 at the ends"
@@ -76,14 +77,15 @@ def second_difference(t0: float, f0: torch.Tensor, t1: float, f1: torch.Tensor, 
 
 
 def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
-                       sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None
-                       ) -> SampleCurves:
+                       sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None,
+                       step: SamplerStep | None = None) -> SampleCurves:
     """Run the sampler from ``latents`` and measure the secants at every grid timestep it visits.
 
     ``scheduler`` must have had ``set_timesteps`` called; a deep copy is stepped, so its multistep
     history never leaks between samples. ``denoise(x, t)`` is the measured output; the sampler steps
     with ``sampler_output(x, t, f)`` when given (e.g. CFG-combined while the conditional branch is
-    measured), else with f itself. x' for ‖J_x‖ is the sampler's own next latent.
+    measured), else with f itself; ``step(sched, output, t, x, k)`` is the pipeline's own stepping where it is
+    not ``sched.step(output, t, x)`` (default). x' for ‖J_x‖ is the sampler's own next latent.
     """
     sched = copy.deepcopy(scheduler)
     if hasattr(sched, "set_begin_index"):
@@ -99,7 +101,8 @@ def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
         if len(outputs) == 3:
             out.jtt.append(second_difference(*outputs[0], *outputs[1], *outputs[2]))  # at step k - 1
         model_output = sampler_output(x, t, f) if sampler_output is not None else f
-        x_next = sched.step(model_output, t, x, return_dict=False)[0]
+        x_next = step(sched, model_output, t, x, k) if step is not None else \
+            sched.step(model_output, t, x, return_dict=False)[0]
         jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k), f_xt=f)
         out.jx.append(jx)
         out.jt.append(jt)

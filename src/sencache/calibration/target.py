@@ -1,0 +1,73 @@
+"""What every calibration target shares: the pipeline call's settings (its own defaults, then the model
+family's call defaults, then the caller's), CFG, and the text conditioning cached per prompt. A family's
+target adds the initial noise, the transformer call and the sampler step the way its pipeline makes them."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from sencache.errors import SenCacheError
+from sencache.runtime.call_defaults import call_defaults
+
+ACCEPTED = ("height", "width", "num_frames", "guidance_scale", "negative_prompt", "max_sequence_length",
+            "attention_kwargs")
+
+
+class PipelineTarget:
+    """The settings and conditioning part of a calibration target (``family`` names it in messages)."""
+
+    family = "pipeline"
+
+    def __init__(self, pipe, pipe_kwargs: dict):
+        self.pipe = pipe
+        unknown = sorted(set(pipe_kwargs) - set(ACCEPTED))
+        if unknown:
+            raise SenCacheError(f"calibrate() got unsupported {self.family} argument(s) {', '.join(unknown)}; "
+                                f"it accepts {', '.join(ACCEPTED)}")
+        defaults = {k: p.default for k, p in inspect.signature(type(pipe).__call__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        self.settings = {**{k: defaults.get(k) for k in ACCEPTED}, **call_defaults(pipe), **pipe_kwargs}
+        self.transformer = pipe.transformer
+        self.device = pipe._execution_device
+        self.dtype = self.transformer.dtype
+        guidance = self.settings["guidance_scale"]
+        self.guidance = float(guidance if guidance is not None else 1.0)
+        self.cfg = self.guidance > 1.0
+        self.negative_prompt = self.settings["negative_prompt"] or ""
+        self.max_sequence_length = int(self.settings["max_sequence_length"])
+        self.attention_kwargs = self.settings["attention_kwargs"]
+        self._embeds: dict[str, tuple] = {}
+
+    def conditioning(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond, uncond) text embeddings as the pipeline encodes them, cached per prompt."""
+        if prompt not in self._embeds:
+            with torch.no_grad():  # as in the pipeline: the text encoder may take another kernel path with grad
+                cond, uncond = self.pipe.encode_prompt(
+                    prompt=prompt, negative_prompt=self.negative_prompt, do_classifier_free_guidance=self.cfg,
+                    num_videos_per_prompt=1, max_sequence_length=self.max_sequence_length, device=self.device)
+            self._embeds[prompt] = (cond.to(self.dtype), uncond.to(self.dtype) if uncond is not None else None)
+        return self._embeds[prompt]
+
+    def denoisers(self, prompt: str, guided: bool):
+        """(the measured output f(x, t), the sampler's CFG output (x, t, f) or None): the conditional branch,
+        or with ``guided`` the CFG-combined output itself."""
+        cond, uncond = self.conditioning(prompt)
+
+        def f_cond(x, t):
+            return self.forward(x, t, cond)
+
+        if not self.cfg:
+            return f_cond, None
+        combine = self.cfg_output(cond, uncond, f_cond)
+        if guided:
+            return (lambda x, t: combine(x, t, None)), None
+        return f_cond, combine
+
+    def sampler_step(self):
+        """None: the scheduler's own ``step(output, t, x)`` is the pipeline's."""
+        return None
+
+    def branch(self, guided: bool) -> str:
+        return "guided" if (guided and self.cfg) else "cond"
