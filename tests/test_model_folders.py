@@ -88,20 +88,6 @@ def test_calibrate_a_wan_folder_with_the_size_flags(tmp_path, capsys):
     assert profile.metadata["latent_shape"] == [1, 16, 2, 4, 4]  # 5 frames -> 2 latent frames, 32 px -> 4
 
 
-@pytest.mark.parametrize("kind", ["ltx"])
-def test_calibrate_refuses_what_it_cannot_measure_yet(kind, tmp_path, capsys):
-    path = tmp_path / kind
-    save(kind, path)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a red circle\n")
-    code = main(["calibrate", "--model", str(path), "--prompts", str(prompts), "--samples", "1", "--steps", "4",
-                 "--no-progress", "--out", str(tmp_path / "p.json")])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "calibrate supports WanPipeline and CogVideoXPipeline for now, got LTXPipeline" in err
-    assert "sencache import-profile" in err
-
-
 def test_a_hub_id_without_network_fails_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = ["generate", "--model", "nobody/no-such-model", "--prompt", PROMPT, "--steps", "2",

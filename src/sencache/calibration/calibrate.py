@@ -124,7 +124,7 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
 
     dist.init_if_needed()
     grid_scheduler = copy.deepcopy(pipe.scheduler)
-    grid_scheduler.set_timesteps(num_inference_steps, device=target.device)
+    target.set_timesteps(grid_scheduler, num_inference_steps)
     grid = [float(t) for t in grid_scheduler.timesteps]
     if len(set(grid)) != len(grid):
         raise SenCacheError(f"the scheduler's {len(grid)}-step grid repeats a timestep; use another step count")
@@ -207,7 +207,7 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
                 denoise, sampler_output = target.denoisers(sample.prompt, guided)
                 if sample.video is None:
                     scheduler = copy.deepcopy(pipe.scheduler)
-                    scheduler.set_timesteps(num_inference_steps, device=target.device)
+                    target.set_timesteps(scheduler, num_inference_steps)
                     start = target.noise(sample.seed)
                     step = target.sampler_step()  # after noise(): it goes on with the same generator
                     curves = measure_trajectory(denoise, scheduler, start, sampler_output=sampler_output,

@@ -19,16 +19,18 @@ class PipelineTarget:
     """The settings and conditioning part of a calibration target (``family`` names it in messages)."""
 
     family = "pipeline"
+    extra_accepted: tuple[str, ...] = ()  # the family's own call arguments that change the trajectory
 
     def __init__(self, pipe, pipe_kwargs: dict):
         self.pipe = pipe
-        unknown = sorted(set(pipe_kwargs) - set(ACCEPTED))
+        accepted = ACCEPTED + self.extra_accepted
+        unknown = sorted(set(pipe_kwargs) - set(accepted))
         if unknown:
             raise SenCacheError(f"calibrate() got unsupported {self.family} argument(s) {', '.join(unknown)}; "
-                                f"it accepts {', '.join(ACCEPTED)}")
+                                f"it accepts {', '.join(accepted)}")
         defaults = {k: p.default for k, p in inspect.signature(type(pipe).__call__).parameters.items()
                     if p.default is not inspect.Parameter.empty}
-        self.settings = {**{k: defaults.get(k) for k in ACCEPTED}, **call_defaults(pipe), **pipe_kwargs}
+        self.settings = {**{k: defaults.get(k) for k in accepted}, **call_defaults(pipe), **pipe_kwargs}
         self.transformer = pipe.transformer
         self.device = pipe._execution_device
         self.dtype = self.transformer.dtype
@@ -64,6 +66,10 @@ class PipelineTarget:
         if guided:
             return (lambda x, t: combine(x, t, None)), None
         return f_cond, combine
+
+    def set_timesteps(self, scheduler, num_inference_steps: int) -> None:
+        """The grid the pipeline samples on (its own ``set_timesteps`` call)."""
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
 
     def sampler_step(self):
         """None: the scheduler's own ``step(output, t, x)`` is the pipeline's."""

@@ -4,16 +4,19 @@ transformer call, the sampler step), one class per pipeline family; others are r
 from __future__ import annotations
 
 from sencache.calibration.cogvideox_target import CogVideoXTarget, is_cogvideox
+from sencache.calibration.ltx_target import LTXTarget, is_ltx
 from sencache.calibration.wan_target import WanTarget, is_wan
 from sencache.errors import UnsupportedModelError
 
 
-def target_for(pipe, pipe_kwargs: dict) -> WanTarget | CogVideoXTarget:
-    """The target for ``pipe``: WanPipeline or CogVideoXPipeline (text-to-video)."""
+def target_for(pipe, pipe_kwargs: dict) -> WanTarget | CogVideoXTarget | LTXTarget:
+    """The target for ``pipe``: WanPipeline, CogVideoXPipeline or LTXPipeline (text-to-video)."""
     if is_wan(pipe):
         return WanTarget(pipe, pipe_kwargs)
     if is_cogvideox(pipe):
         return CogVideoXTarget(pipe, pipe_kwargs)
+    if is_ltx(pipe):
+        return LTXTarget(pipe, pipe_kwargs)
     raise UnsupportedModelError(
-        f"calibrate supports WanPipeline and CogVideoXPipeline for now, got {type(pipe).__name__}; import the "
-        f"authors' table (sencache import-profile) or open an issue with the model name")
+        f"calibrate supports WanPipeline, CogVideoXPipeline and LTXPipeline for now, got {type(pipe).__name__}; "
+        f"import the authors' table (sencache import-profile) or open an issue with the model name")
