@@ -45,6 +45,7 @@ from sencache.errors import SenCacheError
 
 MODEL_HOOK = "sencache_model"
 BLOCK_HOOK = "sencache_block"
+logger = logging.getLogger("sencache")
 
 
 class SenCacheModelHook(ModelHook):
@@ -237,7 +238,19 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
         )
         place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
     registry.invalidate_child_registries_cache()
+    _note_uncached_experts(target, session)
     return session
+
+
+def _note_uncached_experts(target, session: CacheSession) -> None:
+    """A second denoising transformer (Wan 2.2's low-noise expert, ``transformer_2``) is not cached yet: say so
+    in every trace and the log, never silently."""
+    if isinstance(getattr(target, "transformer_2", None), torch.nn.Module):
+        msg = ("sencache: this pipeline has a second transformer (transformer_2, Wan 2.2's low-noise expert); only "
+               "pipe.transformer is cached, so the steps transformer_2 serves run uncached and are not in this trace")
+        session.standing_notes.append(msg)
+        session.trace.notes.append(msg)
+        logger.warning(msg)
 
 
 def disable(target) -> None:

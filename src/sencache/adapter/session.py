@@ -95,6 +95,7 @@ class CacheSession:
         self.stack = find_block_stack(transformer)
         self.num_inference_steps = num_inference_steps
         self.trace = Trace(method=self.method)
+        self.standing_notes: list[str] = []  # facts about this pipeline every generation's trace repeats
         self._gen = _Generation()
         self._call: _Call | None = None
         self.plan = StackPlan()  # what the block hooks do in the current call (see sencache.adapter.plan)
@@ -204,6 +205,7 @@ class CacheSession:
             self._poisoned = False
             self._gen = gen = _Generation(rule_state=self.rule.new_state(batch), num_steps=num_steps, batch=batch)
             self.trace.clear(self.method, num_steps)
+            self.trace.notes.extend(self.standing_notes)
         if step != gen.step:
             gen.step, gen.decision, gen.step_input, gen.decider_branch = step, None, None, None
             gen.branches_this_step = set()
