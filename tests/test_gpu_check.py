@@ -29,3 +29,12 @@ def test_gpu_check_tiny_runs_every_check_and_writes_its_table(tmp_path):
     assert result["compile"]["graph_breaks"] == 0 and result["compile"]["nfe"] == 6
     table = (tmp_path / "gpu_check.md").read_text()
     assert "bit-identical" in table and "compiled with sencache, NFE 6" in table
+    # RESULTS.md shows it, flagged as a CPU run whose times mean nothing
+    sys.path.insert(0, str(BENCH))
+    try:
+        write_results = importlib.import_module("write_results")
+    finally:
+        sys.path.remove(str(BENCH))
+    page = write_results.render(tmp_path, "bash benchmarks/run_all.sh")
+    section = page[page.index("## GPU check"):]
+    assert "No GPU on this machine" in section and "compiled with sencache, NFE 6" in section
