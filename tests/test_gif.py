@@ -54,3 +54,8 @@ def test_save_clip_writes_the_same_gif(tmp_path):
     gif = decode(paths[1]).astype(int)
     big = (frames * 255 + 0.5).astype(np.uint8).repeat(2, 1).repeat(2, 2).astype(int)
     assert gif.shape == big.shape and np.abs(gif - big).max() <= 16
+
+
+def test_save_clip_keeps_a_stem_with_dots(tmp_path):
+    paths = save_clip(clip(frames=2, size=16), tmp_path / "wan2.1-t2v-1.3b-fast", scale=1)
+    assert [p.name for p in paths] == ["wan2.1-t2v-1.3b-fast.mp4", "wan2.1-t2v-1.3b-fast.gif"]

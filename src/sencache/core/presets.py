@@ -46,10 +46,12 @@ def preset_settings(name: str) -> tuple[str, dict, str]:
 
 
 def presets_table() -> str:
-    """The presets as a markdown table (the README's)."""
-    lines = ["| preset | model | ε | ε_start (first 20 %) | n (max_reuse) | last steps forced | source |",
-             "|---|---|---|---|---|---|---|"]
-    for name, (model_class, s, source) in PRESETS.items():
-        lines.append(f"| `{name}` | {model_class} | {s['eps']:g} | {s['eps_start']:g} | {s['max_reuse']} | "
-                     f"{s['final_steps']} | {source} |")
+    """The presets as a markdown table (the README's), sources abbreviated (full ones: :data:`PRESETS`)."""
+    short = {PAPER: "paper", README: "reference README", CODE: "reference code",
+             f"{PAPER}; {N_NOT_STATED}": "paper (n not stated: 3)"}
+    lines = ["| preset | ε | ε_start (first 20 %) | n (max_reuse) | last steps forced | source |",
+             "|---|---|---|---|---|---|"]
+    for name, (_, s, source) in PRESETS.items():
+        lines.append(f"| `{name}` | {s['eps']:g} | {s['eps_start']:g} | {s['max_reuse']} | {s['final_steps']} | "
+                     f"{short[source]} |")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ def save_clip(frames: np.ndarray, stem, scale: int = 4, fps: int = 8) -> list:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     big = as_uint8(frames).repeat(scale, axis=1).repeat(scale, axis=2)
-    mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
+    mp4, gif = Path(f"{stem}.mp4"), Path(f"{stem}.gif")  # the stem may hold dots (wan2.1-...)
     imageio.mimwrite(mp4, list(big), fps=fps, macro_block_size=1, quality=9)
     write_gif(gif, big, fps=fps)
     return [mp4, gif]
