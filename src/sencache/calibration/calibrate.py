@@ -219,7 +219,7 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
                                             on_step=bar.update)
                 curves.final = None  # only the numbers travel to rank 0
                 if saved is not None:
-                    saved.save(sample.index, curves_record(curves))
+                    saved.save(sample.index, curves.record())
                 results.append((sample.index, curves))
         return ("ok", results), None
     except Exception as exc:
@@ -250,13 +250,6 @@ def _gather(payload: tuple, num_samples: int, grid: list[float], jt_curve: str) 
                     outcome = ("error", [(0, str(exc))])
     outcome = dist.broadcast_object(outcome)
     return outcome if outcome[0] == "ok" else (*outcome, failure)
-
-
-def curves_record(curves: SampleCurves) -> dict:
-    """A sample's numbers as plain JSON (its final latent is not kept)."""
-    return {"timesteps": [float(v) for v in curves.timesteps], "jx": [float(v) for v in curves.jx],
-            "jt": [float(v) for v in curves.jt], "jtt": [float(v) for v in curves.jtt],
-            "dist": None if curves.dist is None else [[float(v) for v in row] for row in curves.dist]}
 
 
 def profile_metadata(pipe, target, guided: bool, from_videos: bool, video_names: list[str], jt_curve: str,

@@ -48,6 +48,12 @@ class SampleCurves:
     final: torch.Tensor | None = None  # trajectory source: the sampler's final latent
     dist: list | None = None  # trajectory source: D[j][k] = rms(x_k - x_j) over grid steps (budget mode)
 
+    def record(self) -> dict:
+        """The numbers as plain JSON (the final latent is not kept); ``SampleCurves(**record)`` reads it back."""
+        return {"timesteps": [float(v) for v in self.timesteps], "jx": [float(v) for v in self.jx],
+                "jt": [float(v) for v in self.jt], "jtt": [float(v) for v in self.jtt],
+                "dist": None if self.dist is None else [[float(v) for v in row] for row in self.dist]}
+
 
 def secants(denoise: Denoiser, x, t, x_next, t_other, f_xt: torch.Tensor | None = None) -> tuple[float, float]:
     """‖J_x‖ along x → x_next and ‖J_t‖ along t → t_other, at (x, t). Two or three denoiser calls."""

@@ -15,7 +15,6 @@ from sencache.cli.options import add_model_arguments, load_model, resolve_model
 from sencache.core.budget import recommend
 from sencache.errors import SenCacheError, check_int
 from sencache.runtime import distributed as dist
-from sencache.runtime.call_defaults import size_kwargs
 from sencache.runtime.prompts import read_prompts
 
 
@@ -75,7 +74,7 @@ def run_cli(args) -> int:
     resolve_model(args.model)  # a missing folder fails before the process group starts
     dist.init_if_needed()
     pipe, model = load_model(args, progress=not args.no_progress and dist.is_main())
-    kwargs = size_kwargs(pipe, args.frames, args.height, args.width)
+    kwargs = {}  # the size flags are already the pipeline's call defaults (load_model)
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
     if args.negative_prompt is not None:

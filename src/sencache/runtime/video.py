@@ -132,16 +132,16 @@ def write_gif(path, frames: np.ndarray, fps: float = 4.0) -> Path:
     palette colour (exactly itself when the frame has at most 256 colours). On the demo's side-by-side grid
     imageio's default (median cut per frame) left 9,529 pixels more than 30 levels off (up to 75: specks, a third
     of them lighter than the frame); this keeps every pixel within 10."""
-    from PIL import Image
-
     path = Path(path)
-    images = [_paletted(Image, f) for f in as_uint8(frames)]
+    images = [_paletted(f) for f in as_uint8(frames)]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000.0 / fps)), loop=0,
                    optimize=False)
     return path
 
 
-def _paletted(Image, frame: np.ndarray):
+def _paletted(frame: np.ndarray):
+    from PIL import Image
+
     colours = np.unique(frame.reshape(-1, 3), axis=0)
     if len(colours) > 256:  # max coverage: the palette spans the frame's colours, so no pixel lands far off
         return Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MAXCOVERAGE,
