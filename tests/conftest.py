@@ -74,10 +74,80 @@ def ltx_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
                 output_type="latent")
 
 
+def tiny_flux(seed: int = 0):
+    """FLUX: two block lists (dual-stream transformer_blocks, then single_transformer_blocks), embeddings passed in."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=False, axes_dims_rope=(2, 2, 4))
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(300 + seed)
+    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g), pooled_prompt_embeds=torch.randn(batch, 8, generator=g),
+                height=32, width=32, num_inference_steps=steps, output_type="latent")
+
+
+def tiny_hunyuan(seed: int = 0):
+    """HunyuanVideo: dual-stream then single-stream blocks (and a token refiner inside its text embedder)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2, num_single_layers=2,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
+        pooled_projection_dim=8, rope_axes_dim=(2, 2, 4), guidance_embeds=True)
+    pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=None,
+                                scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder_2=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hunyuan_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(400 + seed)
+    mask = torch.ones(batch, 8, dtype=torch.long)
+    mask[:, 6:] = 0  # padded text tokens: the attention mask is a batch-first argument of every block
+    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g), pooled_prompt_embeds=torch.randn(batch, 8, generator=g),
+                prompt_attention_mask=mask, height=32, width=32, num_frames=5, num_inference_steps=steps,
+                output_type="latent")
+
+
 def flat_profile(model_class: str, jx: float = 1.0, jt: float = 0.001, **meta):
     from sencache import SensitivityProfile
 
     return SensitivityProfile([0.0, 1000.0], [jx, jx], [jt, jt], model_class=model_class, **meta)
+
+
+class RowRule:
+    """A test rule: the rows in ``rows`` reuse on odd steps, every other row computes (subset mode)."""
+
+    name = "rows"
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def build_rule(self):
+        return self
+
+    def new_state(self, batch):
+        return batch
+
+    def decide(self, batch, inp):
+        reuse = torch.zeros(batch, dtype=torch.bool)
+        if inp.step % 2 == 1:
+            reuse[list(self.rows)] = True
+        from sencache.core.rules.base import Decision
+
+        return Decision(reuse=reuse, score=None, eps=0.0)
+
+    def observe_refresh(self, state, inp, rows, residual):
+        pass
 
 
 class BlockCounter:

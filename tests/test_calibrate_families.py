@@ -94,9 +94,9 @@ def test_calibrate_refuses_arguments_it_cannot_reproduce(folder):
 def test_calibrate_refuses_other_pipelines_by_name():
     from sencache.errors import UnsupportedModelError
 
-    class FluxPipeline:  # any pipeline calibration has no target for
+    class MochiPipeline:  # any pipeline calibration has no target for
         transformer = None
 
-    with pytest.raises(UnsupportedModelError, match="supports WanPipeline, CogVideoXPipeline and LTXPipeline for "
-                                                    "now, got FluxPipeline; import the authors' table"):
-        target_for(FluxPipeline(), {})
+    with pytest.raises(UnsupportedModelError, match="supports WanPipeline, CogVideoXPipeline, LTXPipeline, "
+                                                    "HunyuanVideoPipeline and FluxPipeline for now, got MochiPipeline"):
+        target_for(MochiPipeline(), {})

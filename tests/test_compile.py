@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cog_kwargs, flat_profile, ltx_kwargs, tiny_cogvideox, tiny_ltx, tiny_wan, wan_kwargs
+from conftest import RowRule, cog_kwargs, flat_profile, ltx_kwargs, tiny_cogvideox, tiny_ltx, tiny_wan, wan_kwargs
 from torch._dynamo.backends.registry import lookup_backend
 
 import sencache
 from sencache import SenCacheConfig
 from sencache.core.rules import FixedConfig, MagCacheConfig, TeaCacheConfig
-from sencache.core.rules.base import Decision
 
 STEPS = 8
 
@@ -26,26 +25,6 @@ class CountingBackend:
     def __call__(self, gm, example_inputs):
         self.graphs += 1
         return self.inner(gm, example_inputs)
-
-
-class AlternatingRows:
-    """A test rule: sample 0 reuses on odd steps, every other sample always computes (subset mode)."""
-
-    name = "alternating"
-
-    def build_rule(self):
-        return self
-
-    def new_state(self, batch):
-        return batch
-
-    def decide(self, batch, inp):
-        reuse = torch.zeros(batch, dtype=torch.bool)
-        reuse[0] = inp.step % 2 == 1
-        return Decision(reuse=reuse, score=None, eps=0.0)
-
-    def observe_refresh(self, state, inp, rows, residual):
-        pass
 
 
 def wan():
@@ -131,7 +110,7 @@ def test_wan_aot_eager_backend_matches_eager():
 def test_cogvideox_blocks_compiled_by_hand_with_per_sample_subsets(backend_name):
     pipe, kwargs, _ = cogvideox(batch=2)
     backend = CountingBackend(backend_name)
-    eager, _, first, second, _, session, graphs = eager_then_compiled(pipe, kwargs, AlternatingRows(), backend)
+    eager, _, first, second, _, session, graphs = eager_then_compiled(pipe, kwargs, RowRule(rows=(0,)), backend)
     # rows: [uncond s0, uncond s1, cond s0, cond s1]; sample 0 skipped the odd steps, sample 1 none
     assert session.trace.computed_steps(0) == list(range(0, STEPS, 2))
     assert session.trace.computed_steps(1) == list(range(STEPS))

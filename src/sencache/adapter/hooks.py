@@ -33,7 +33,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from sencache.adapter.arguments import ArgumentReader
-from sencache.adapter.layout import split_target
+from sencache.adapter.layout import BlockLayout, denoisers
 from sencache.adapter.observers import SessionObserver
 from sencache.adapter.parallel import (
     AUTO,
@@ -53,9 +53,10 @@ class SenCacheModelHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, session: CacheSession):
+    def __init__(self, session: CacheSession, expert: str = "transformer"):
         super().__init__()
         self.session = session
+        self.expert = expert  # which of the pipeline's denoising transformers this hook sits on
         self.context_state = StateManager(_NoState)  # diffusers sets the cache context on it
         self.arguments = None
 
@@ -76,7 +77,7 @@ class SenCacheModelHook(ModelHook):
         context = self.context_state._context
         branch = context.name if context is not None else "default"
         step, num_steps = s._resolve_step(context, timestep, branch)
-        s._begin_call(branch, step, num_steps, latent, timestep)
+        s._begin_call(branch, step, num_steps, latent, timestep, self.expert)
         try:
             output = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
@@ -111,9 +112,10 @@ def _slice_rows(value, batch: int, rows: torch.Tensor):
 class SenCacheBlockHook(ModelHook):
     """On each block of the stack: skip, run, or run a subset of rows, as the step's decision says."""
 
-    def __init__(self, session: CacheSession, index: int, count: int):
+    def __init__(self, session: CacheSession, layout: BlockLayout, index: int, count: int):
         super().__init__()
         self.session = session
+        self.layout = layout  # this block's streams (a two-list stack has two kinds of block)
         self.is_head = index == 0
         self.is_tail = index == count - 1
         self.arguments = None
@@ -122,20 +124,6 @@ class SenCacheBlockHook(ModelHook):
         """Resolve where the block's forward takes its arguments."""
         self.arguments = ArgumentReader(type(module).forward)
         return module
-
-    def _pack(self, hidden, encoder):
-        st = self.session.stack
-        if st.encoder_index is None:
-            return hidden
-        out = [None] * (max(st.hidden_index, st.encoder_index) + 1)
-        out[st.hidden_index], out[st.encoder_index] = hidden, encoder
-        return tuple(out)
-
-    def _unpack(self, output):
-        st = self.session.stack
-        if st.encoder_index is None:
-            return (output[st.hidden_index] if isinstance(output, tuple) else output), None
-        return output[st.hidden_index], output[st.encoder_index]
 
     def new_forward(self, module, *args, **kwargs):
         """Skip the stack, run it, or run the computing rows only, as the call's plan says.
@@ -147,20 +135,21 @@ class SenCacheBlockHook(ModelHook):
         plan = self.session.plan
         if not plan.active:  # called outside a hooked transformer forward: behave like the plain block
             return self.fn_ref.original_forward(*args, **kwargs)
-        st = self.session.stack
+        layout = self.layout
         read = self.arguments.get
         if self.is_head:
             if plan.decide_at_head or plan.keep_modulation:
                 plan.modulation = read("temb", args, kwargs)
             if plan.decide_at_head:
                 self.session.decide_at_head(plan.modulation)
-            plan.head_hidden = read(st.hidden_arg, args, kwargs)
-            plan.head_encoder = read("encoder_hidden_states", args, kwargs) if st.encoder_index is not None else None
+            plan.head_hidden = read(layout.hidden_arg, args, kwargs)
+            plan.head_encoder = read("encoder_hidden_states", args, kwargs) if layout.encoder_index is not None \
+                else None
         mode = plan.mode
-        if mode == "skip":
+        if mode == "skip":  # the head hands on the reused streams; every later block passes its input on
             if self.is_head:
-                return self._pack(*self._reused_streams(plan))
-            return self._pack(read(st.hidden_arg, args, kwargs), read("encoder_hidden_states", args, kwargs))
+                return layout.pack(*self._reused_streams(plan))
+            return layout.pack(read(layout.hidden_arg, args, kwargs), read("encoder_hidden_states", args, kwargs))
         if mode == "subset":
             batch = plan.head_hidden.shape[0]
             args = tuple(_slice_rows(a, batch, plan.rows) for a in args)
@@ -168,7 +157,7 @@ class SenCacheBlockHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         if not self.is_tail:
             return output
-        hidden, encoder = self._unpack(output)
+        hidden, encoder = layout.unpack(output)
         plan.out_hidden, plan.out_encoder = hidden, encoder
         if mode != "subset":
             return output
@@ -176,7 +165,7 @@ class SenCacheBlockHook(ModelHook):
         merged_h = merged_h.index_copy(0, plan.rows, hidden)
         if encoder is not None:
             merged_e = merged_e.index_copy(0, plan.rows, encoder)
-        return self._pack(merged_h, merged_e)
+        return layout.pack(merged_h, merged_e)
 
     @staticmethod
     def _reused_streams(plan):
@@ -194,7 +183,11 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
 
     ``config`` is a :class:`~sencache.SenCacheConfig` or any baseline config with ``build_rule()``.
     Returns the :class:`CacheSession`; its ``trace`` holds the decisions of the last pipeline call.
-    Enabling again on the same transformer replaces the previous cache.
+    Enabling again on the same transformer replaces the previous cache. A pipeline with two denoising
+    transformers (Wan 2.2: ``transformer`` for the high-noise steps, ``transformer_2`` for the low-noise ones) gets
+    both cached by one session: one step count and trace (each record names its expert), and each expert starts
+    with an empty cache when it takes over; a SenCache profile calibrated on such a pipeline holds both experts'
+    curves.
 
     ``sync_group`` keeps decisions identical on every rank that shares one generation
     (:mod:`sencache.adapter.parallel`): ``"auto"`` (default) syncs only when torch.distributed is initialised and
@@ -207,7 +200,7 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
     every transformer call (see :mod:`sencache.adapter.recorder`).
 
     Args:
-        target: a diffusers pipeline with a ``.transformer``, or the transformer itself.
+        target: a diffusers pipeline with a ``.transformer`` (and maybe ``.transformer_2``), or the transformer.
         config: the rule's config: :class:`~sencache.SenCacheConfig`, ``MagCacheConfig``, ``TeaCacheConfig``,
             ``FixedConfig``, ``NoCacheConfig`` or anything with ``build_rule()``.
         num_inference_steps: only for a bare transformer without a scheduler: T, to count steps.
@@ -218,58 +211,51 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
     Returns:
         The :class:`~sencache.adapter.session.CacheSession`.
     """
-    transformer, scheduler = split_target(target)
+    experts = denoisers(target)
+    transformer = experts["transformer"]
+    scheduler = getattr(target, "scheduler", None) if target is not transformer else None
     if not hasattr(config, "build_rule"):
         raise SenCacheError(f"{type(config).__name__} is not a sencache config (SenCacheConfig, MagCacheConfig, ...)")
     profile = getattr(config, "profile", None)
     if profile is not None:
-        profile.check_model(transformer)
+        for name, module in experts.items():
+            profile.check_model(module, expert=name)
     sync = resolve_sync(transformer, sync_group)
-    session = CacheSession(transformer, scheduler, config, num_inference_steps=num_inference_steps, sync=sync,
+    session = CacheSession(experts, scheduler, config, num_inference_steps=num_inference_steps, sync=sync,
                            offload_residuals=offload_residuals, observers=observers,
-                           remove=lambda: disable(transformer))
-    disable(transformer)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(SenCacheModelHook(session), MODEL_HOOK)
-    count = len(session.stack.blocks)
-    for index, block in enumerate(session.stack.blocks):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(
-            SenCacheBlockHook(session, index, count), BLOCK_HOOK
-        )
-        place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
-    registry.invalidate_child_registries_cache()
-    _note_uncached_experts(target, session)
+                           remove=lambda: disable(target))
+    disable(target)
+    for name, module in experts.items():
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(SenCacheModelHook(session, name), MODEL_HOOK)
+        stack = session.stacks[name]
+        count = len(stack.blocks)
+        for index, (block, layout) in enumerate(zip(stack.blocks, stack.layouts)):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(
+                SenCacheBlockHook(session, layout, index, count), BLOCK_HOOK
+            )
+            place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
+        registry.invalidate_child_registries_cache()
     return session
 
 
-def _note_uncached_experts(target, session: CacheSession) -> None:
-    """A second denoising transformer (Wan 2.2's low-noise expert, ``transformer_2``) is not cached yet: say so
-    in every trace and the log, never silently."""
-    if isinstance(getattr(target, "transformer_2", None), torch.nn.Module):
-        msg = ("sencache: this pipeline has a second transformer (transformer_2, Wan 2.2's low-noise expert); only "
-               "pipe.transformer is cached, so the steps transformer_2 serves run uncached and are not in this trace")
-        session.standing_notes.append(msg)
-        session.trace.notes.append(msg)
-        logger.warning(msg)
-
-
 def disable(target) -> None:
-    """Remove every sencache hook from the pipeline's transformer (or the transformer)."""
-    transformer, _ = split_target(target)
-    registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is not None:
-        registry.remove_hook(MODEL_HOOK, recurse=False)
-    for module in transformer.modules():
-        child = getattr(module, "_diffusers_hook", None)
-        if child is not None and module is not transformer:
-            child.remove_hook(BLOCK_HOOK, recurse=False)
-    if registry is not None:
-        registry.invalidate_child_registries_cache()
+    """Remove every sencache hook from the pipeline's denoising transformers (or the transformer)."""
+    for transformer in denoisers(target).values():
+        registry = getattr(transformer, "_diffusers_hook", None)
+        if registry is not None:
+            registry.remove_hook(MODEL_HOOK, recurse=False)
+        for module in transformer.modules():
+            child = getattr(module, "_diffusers_hook", None)
+            if child is not None and module is not transformer:
+                child.remove_hook(BLOCK_HOOK, recurse=False)
+        if registry is not None:
+            registry.invalidate_child_registries_cache()
 
 
 def active_session(target) -> CacheSession | None:
     """The :class:`CacheSession` sencache has on this pipeline's transformer, or None."""
-    transformer, _ = split_target(target)
+    transformer = denoisers(target)["transformer"]
     registry = getattr(transformer, "_diffusers_hook", None)
     hook = registry.get_hook(MODEL_HOOK) if registry is not None else None
     return hook.session if hook is not None else None

@@ -34,6 +34,7 @@ class CallEvent:
         records: the trace rows this call added (one per sample).
         module, args, kwargs, output: the transformer and its call, e.g. to re-run the real forward
             with ``type(module).forward(module, *args, **kwargs)`` (which bypasses every cache hook).
+        expert: which of the pipeline's denoising transformers ran ("transformer"; Wan 2.2 also "transformer_2").
     """
 
     call: int
@@ -51,6 +52,7 @@ class CallEvent:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     output: Any = None
+    expert: str = "transformer"
 
 
 class SessionObserver(Protocol):

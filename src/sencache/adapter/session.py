@@ -66,13 +66,24 @@ class _Generation:
     guard_changes: int = 0  # reuse decisions the rank-consistency guard turned into refreshes
     guard_steps: list = field(default_factory=list)
     guard_note: int | None = None  # index of the guard's note in trace.notes
+    expert: str = "transformer"  # the denoising transformer serving this generation's current steps
+
+    def switched_to(self, expert: str, rule_state) -> "_Generation":
+        """The same generation (step count, trace position, guard notes) with an empty cache for another expert:
+        one expert's residuals mean nothing to the other, so the new expert's first step computes."""
+        keep = ("num_steps", "batch", "step", "branches_this_step", "call_index", "warned_no_reuse",
+                "guard_changes", "guard_steps", "guard_note")
+        return _Generation(rule_state=rule_state, expert=expert, **{k: getattr(self, k) for k in keep})
 
 
 class CacheSession:
     """What :func:`sencache.enable` returns: the live cache of one transformer, with the trace of its last call.
 
     Args:
-        transformer, scheduler: the hooked transformer and the pipeline's scheduler (for the step index).
+        transformer: the hooked transformer, or the pipeline's denoising transformers by name (Wan 2.2:
+            ``{"transformer": high_noise, "transformer_2": low_noise}``): one step count, rule and trace for all;
+            each expert has its own block stack and starts with an empty cache when it takes over.
+        scheduler: the pipeline's scheduler (for the step index).
         config: the rule's config (``build_rule()``).
         num_inference_steps: T for a bare transformer without a scheduler.
         sync: rank-consistent decisions under context parallelism, or None.
@@ -80,19 +91,21 @@ class CacheSession:
         observers: told of every transformer call (:class:`~sencache.adapter.observers.CallEvent`).
         remove: takes the hooks off (what :meth:`disable` calls).
 
-    Public state: ``trace`` (the last generation's decisions), ``observers``, ``stack`` (the block stack),
-    ``method``; :meth:`summary`, :meth:`residuals`, :meth:`residual_bytes`, :meth:`cache_state`.
+    Public state: ``trace`` (the last generation's decisions), ``observers``, ``stacks`` (each expert's block
+    stack; ``stack`` the first's), ``method``; :meth:`summary`, :meth:`residuals`, :meth:`residual_bytes`, :meth:`cache_state`.
     """
 
     def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None,
                  sync: DecisionSync | None = None, offload_residuals: bool = False,
                  observers: Sequence[SessionObserver] = (), remove: Callable[[], None] | None = None):
-        self.transformer = transformer
+        self.transformers = dict(transformer) if isinstance(transformer, dict) else {"transformer": transformer}
+        self.transformer = next(iter(self.transformers.values()))
+        self.stacks = {name: find_block_stack(module) for name, module in self.transformers.items()}
+        self.stack = next(iter(self.stacks.values()))
         self.scheduler = scheduler
         self.config = config
         self.rule = config.build_rule()
         self.method = getattr(self.rule, "name", type(self.rule).__name__)
-        self.stack = find_block_stack(transformer)
         self.num_inference_steps = num_inference_steps
         self.trace = Trace(method=self.method)
         self.standing_notes: list[str] = []  # facts about this pipeline every generation's trace repeats
@@ -103,6 +116,7 @@ class CacheSession:
         self.plan.decide_at_head = bool(getattr(self.rule, "reads_modulation", False))
         self._poisoned = False
         self._sched_cache: tuple[int, torch.Tensor] | None = None
+        self._t_scale = 1.0  # transformer timestep -> scheduler units (FLUX: num_train_timesteps)
         self.sync = sync  # rank-consistent decisions (context parallelism), None: rank-local
         self.offload_residuals = bool(offload_residuals)
         self._pinned = torch.cuda.is_available()  # pinned host buffers only make sense next to CUDA
@@ -154,15 +168,13 @@ class CacheSession:
     # --- step bookkeeping -------------------------------------------------------------------
     @torch.compiler.disable  # host-side bookkeeping: never traced, even when the whole transformer is compiled
     def _resolve_step(self, context, timestep: torch.Tensor, branch: str) -> tuple[int, int]:
+        grid = self._scheduler_grid()
+        if grid is not None:  # also finds the units the transformer gets its timestep in
+            step = self._match_grid(grid, float(timestep.reshape(-1)[0]))
         if context is not None and context.step_index is not None and context.num_inference_steps:
             return int(context.step_index), int(context.num_inference_steps)
-        timesteps = getattr(self.scheduler, "timesteps", None) if self.scheduler is not None else None
-        if isinstance(timesteps, torch.Tensor) and timesteps.numel() > 0:
-            if self._sched_cache is None or self._sched_cache[0] != id(timesteps):
-                self._sched_cache = (id(timesteps), timesteps.detach().double().cpu())
-            grid = self._sched_cache[1]
-            t0 = float(timestep.reshape(-1)[0])
-            return int(torch.argmin((grid - t0).abs())), int(grid.numel())
+        if grid is not None:
+            return step, int(grid.numel())
         if self.num_inference_steps:
             gen = self._gen
             if gen.step is None or gen.batch is None:
@@ -174,10 +186,31 @@ class CacheSession:
             "or pass num_inference_steps=... when enabling it on a bare transformer"
         )
 
+    def _scheduler_grid(self) -> torch.Tensor | None:
+        timesteps = getattr(self.scheduler, "timesteps", None) if self.scheduler is not None else None
+        if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
+            return None
+        if self._sched_cache is None or self._sched_cache[0] != id(timesteps):
+            self._sched_cache = (id(timesteps), timesteps.detach().double().cpu())
+        return self._sched_cache[1]
+
+    def _match_grid(self, grid: torch.Tensor, t0: float) -> int:
+        """The grid step nearest to ``t0``. FLUX-style pipelines hand the transformer timestep / num_train_timesteps;
+        then ``_t_scale`` becomes num_train_timesteps, so the rule, the profile and the trace see scheduler units."""
+        miss = (grid - t0).abs()
+        self._t_scale = 1.0
+        train = float(getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", 0) or 0)
+        if train > 1 and float(miss.min()) > 0:
+            scaled = (grid / train - t0).abs()
+            if float(scaled.min()) < float(miss.min()):
+                miss, self._t_scale = scaled, train
+        return int(torch.argmin(miss))
+
     @torch.compiler.disable  # host-side bookkeeping: never traced, even when the whole transformer is compiled
-    def _begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor):
-        """Open a call: check the latent, start a new generation or step when this is one, then decide (unless
-        the rule waits for the first block's modulation) and leave the plan for the block hooks."""
+    def _begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor,
+                    expert: str = "transformer"):
+        """Open a call: check the latent, start a new generation, step or expert when this is one, then decide
+        (unless the rule waits for the first block's modulation) and leave the plan for the block hooks."""
         batch = latent.shape[0]
         t_rows = timestep.detach().reshape(batch, -1)[:, 0].float() if timestep.numel() >= batch else \
             timestep.detach().reshape(-1)[:1].float().expand(batch)
@@ -203,15 +236,21 @@ class CacheSession:
         )
         if new_generation:
             self._poisoned = False
-            self._gen = gen = _Generation(rule_state=self.rule.new_state(batch), num_steps=num_steps, batch=batch)
+            self._gen = gen = _Generation(rule_state=self.rule.new_state(batch), num_steps=num_steps, batch=batch,
+                                          expert=expert)
             self.trace.clear(self.method, num_steps)
             self.trace.notes.extend(self.standing_notes)
+        elif expert != gen.expert:
+            self.trace.notes.append(f"sencache: {expert} took over from {gen.expert} at step {step}; it starts with "
+                                    f"an empty cache, so this step computes")
+            self._gen = gen = gen.switched_to(expert, self.rule.new_state(batch))
         if step != gen.step:
             gen.step, gen.decision, gen.step_input, gen.decider_branch = step, None, None, None
             gen.branches_this_step = set()
         gen.branches_this_step.add(branch)
+        t_cpu = host[:-1] * self._t_scale if self._t_scale != 1.0 else host[:-1]
         self._call = _Call(branch=branch, step=step, num_steps=num_steps, latent=latent, timestep=t_rows,
-                           t_cpu=host[:-1])
+                           t_cpu=t_cpu)
         plan = self.plan
         plan.clear()
         plan.active = True
@@ -336,7 +375,7 @@ class CacheSession:
                 call=gen.call_index, step=call.step, timestep=float(times[row]), branch=call.branch, sample=row,
                 computed=bool(done), score=_finite_or_none(scores[row]), eps=eps,
                 reuse_run=0 if done else int(runs[row]), reason=call.reasons[row],
-                forecast=0 if done else int(orders[row]),
+                forecast=0 if done else int(orders[row]), expert=gen.expert,
             ))
         gen.call_index += 1
         if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
@@ -348,7 +387,7 @@ class CacheSession:
                 decider=call.decider, timestep=call.timestep, latent=call.latent,
                 modulation=call.modulation, computed=call.compute, residual=call.residual,
                 records=self.trace.records[first_record:], module=module, args=args, kwargs=kwargs or {},
-                output=output)
+                output=output, expert=gen.expert)
             for observer in self.observers:
                 observer.on_call(event)
 

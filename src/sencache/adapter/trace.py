@@ -21,6 +21,7 @@ class TraceRecord:
     reuse_run: int  # consecutive reused steps of this row, this one included
     reason: str = ""  # why: first, final, reuse, above_eps, max_reuse, no_residual, ...
     forecast: int = 0  # what a reused row got: 0 the held residual, 1 the linear forecast
+    expert: str = "transformer"  # the denoising transformer that served the call (Wan 2.2: or "transformer_2")
 
 
 @dataclass
@@ -46,14 +47,14 @@ class Trace:
 
     def summary(self) -> dict:
         """Counts of the last generation: calls, computed, reused, steps, nfe (steps computed for any
-        sample), nfe per sample, skipped steps and notes.
+        sample), nfe per sample, skipped steps and notes; with two experts, ``experts``: each one's steps and nfe.
         """
         calls = sorted({r.call for r in self.records})
         steps = sorted({r.step for r in self.records})
         samples = sorted({r.sample for r in self.records})
         computed_steps = {r.step for r in self.records if r.computed}
         per_sample = {s: len(self.computed_steps(s)) for s in samples}
-        return {
+        out = {
             "method": self.method,
             "calls": len(calls),
             "computed": self.stack_runs,
@@ -64,6 +65,12 @@ class Trace:
             "skipped_steps": [s for s in steps if s not in computed_steps],
             "notes": list(self.notes),
         }
+        experts = list(dict.fromkeys(r.expert for r in self.records))
+        if len(experts) > 1:  # which expert served which steps, and what each computed
+            out["experts"] = {e: {"steps": sorted({r.step for r in self.records if r.expert == e}),
+                                  "nfe": len({r.step for r in self.records if r.expert == e and r.computed})}
+                              for e in experts}
+        return out
 
     def to_dict(self) -> dict:
         """The summary and every record, JSON-able."""

@@ -143,7 +143,7 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     mine = dist.shard(samples)
     payload, failure = _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps, guided,
                                 progress and dist.is_main(), len(grid), saved)
-    outcome = _gather(payload, num_samples, grid, jt_curve)
+    outcome = _gather(payload, num_samples, grid, jt_curve, target.segment_of())
     if outcome[0] == "error":
         if failure is not None:
             raise failure
@@ -154,6 +154,7 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     _, fields, curves = outcome
     metadata = profile_metadata(pipe, target, guided, videos is not None, video_names, jt_curve, samples,
                                 num_inference_steps, per_step)
+    metadata.update(target.expert_metadata(grid))
     if videos is None and all(c.dist is not None for c in curves):
         metadata["trajectories"] = trajectory_metadata(grid, [np.asarray(c.dist) for c in curves],
                                                        metadata["prompts"], metadata["seeds"])
@@ -211,12 +212,12 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
                     start = target.noise(sample.seed)
                     step = target.sampler_step()  # after noise(): it goes on with the same generator
                     curves = measure_trajectory(denoise, scheduler, start, sampler_output=sampler_output,
-                                                on_step=bar.update, step=step)
+                                                on_step=bar.update, step=step, segment_of=target.segment_of())
                 else:
                     x0 = target.encode_video(frames[sample.video])
                     noise = target.noise(sample.seed)
                     curves = measure_noised(denoise, grid_scheduler, x0, noise, sampler_output=sampler_output,
-                                            on_step=bar.update)
+                                            on_step=bar.update, segment_of=target.segment_of())
                 curves.final = None  # only the numbers travel to rank 0
                 if saved is not None:
                     saved.save(sample.index, curves.record())
@@ -228,7 +229,7 @@ def _measure(pipe, target, mine, frames, grid_scheduler, num_inference_steps: in
         bar.close()
 
 
-def _gather(payload: tuple, num_samples: int, grid: list[float], jt_curve: str) -> tuple:
+def _gather(payload: tuple, num_samples: int, grid: list[float], jt_curve: str, segment_of=None) -> tuple:
     """Every rank's payload to rank 0, aggregated there in global sample order, and the outcome back to every
     rank: ("ok", profile fields, curves) or ("error", [(rank, message)], the exception on rank 0 or None)."""
     gathered = dist.gather_objects(payload)
@@ -243,7 +244,8 @@ def _gather(payload: tuple, num_samples: int, grid: list[float], jt_curve: str) 
                 outcome = ("error", [(0, "ranks returned an inconsistent set of samples")])
             else:
                 try:
-                    outcome = ("ok", aggregate(grid, [c for _, c in ordered], jt_curve=jt_curve),
+                    outcome = ("ok", aggregate(grid, [c for _, c in ordered], jt_curve=jt_curve,
+                                               segment_of=segment_of),
                                [c for _, c in ordered])
                 except SenCacheError as exc:
                     failure = exc

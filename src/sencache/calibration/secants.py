@@ -68,10 +68,20 @@ def secants(denoise: Denoiser, x, t, x_next, t_other, f_xt: torch.Tensor | None 
     return jx, jt
 
 
-def _other_timestep(timesteps: torch.Tensor, k: int):
+def _other_timestep(timesteps: torch.Tensor, k: int, segments: Sequence | None = None):
+    """The grid neighbour J_t is measured against: the next timestep, else the previous one; with ``segments``
+    (which expert serves each step) one the same expert serves, so a secant never spans two experts."""
     if len(timesteps) < 2:
         raise SenCacheError("calibration needs at least 2 inference steps (J_t is a secant between grid timesteps)")
-    return timesteps[k + 1] if k + 1 < len(timesteps) else timesteps[k - 1]
+    for j in (k + 1, k - 1):
+        if 0 <= j < len(timesteps) and (segments is None or segments[j] == segments[k]):
+            return timesteps[j]
+    raise SenCacheError(f"{segments[k]} serves only one step of the {len(timesteps)}-step grid, so its sensitivity "
+                        f"to t cannot be measured; calibrate with more inference steps")
+
+
+def _segments(timesteps, segment_of: Callable[[float], Any] | None) -> list | None:
+    return None if segment_of is None else [segment_of(float(t)) for t in timesteps]
 
 
 def second_difference(t0: float, f0: torch.Tensor, t1: float, f1: torch.Tensor, t2: float, f2: torch.Tensor) -> float:
@@ -84,7 +94,8 @@ def second_difference(t0: float, f0: torch.Tensor, t1: float, f1: torch.Tensor, 
 
 def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
                        sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None,
-                       step: SamplerStep | None = None) -> SampleCurves:
+                       step: SamplerStep | None = None, segment_of: Callable[[float], Any] | None = None
+                       ) -> SampleCurves:
     """Run the sampler from ``latents`` and measure the secants at every grid timestep it visits.
 
     ``scheduler`` must have had ``set_timesteps`` called; a deep copy is stepped, so its multistep
@@ -92,35 +103,51 @@ def measure_trajectory(denoise: Denoiser, scheduler, latents: torch.Tensor, *,
     with ``sampler_output(x, t, f)`` when given (e.g. CFG-combined while the conditional branch is
     measured), else with f itself; ``step(sched, output, t, x, k)`` is the pipeline's own stepping where it is
     not ``sched.step(output, t, x)`` (default). x' for ‖J_x‖ is the sampler's own next latent.
+    ``segment_of(t)`` names the expert that serves t (Wan 2.2's two transformers): J_t and the curvature are then
+    measured within each expert's steps only.
     """
     sched = copy.deepcopy(scheduler)
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(0)
     timesteps = sched.timesteps
+    segments = _segments(timesteps, segment_of)
     out = SampleCurves(timesteps=[float(t) for t in timesteps])
     x = latents
-    visited, outputs = [], []  # outputs: (t, f) of the last three steps, for the path's curvature
+    visited, outputs = [], []  # outputs: (t, f) of the last three steps of one expert, for the path's curvature
+    curvature: dict[int, float] = {}  # at the middle step of each window
     for k, t in enumerate(timesteps):
         visited.append(x)
         f = denoise(x, t)
+        if segments is not None and k > 0 and segments[k] != segments[k - 1]:
+            outputs = []  # a new expert: its outputs do not continue the other's path
         outputs = (outputs + [(float(t), f)])[-3:]
         if len(outputs) == 3:
-            out.jtt.append(second_difference(*outputs[0], *outputs[1], *outputs[2]))  # at step k - 1
+            curvature[k - 1] = second_difference(*outputs[0], *outputs[1], *outputs[2])
         model_output = sampler_output(x, t, f) if sampler_output is not None else f
         x_next = step(sched, model_output, t, x, k) if step is not None else \
             sched.step(model_output, t, x, return_dict=False)[0]
-        jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k), f_xt=f)
+        jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k, segments), f_xt=f)
         out.jx.append(jx)
         out.jt.append(jt)
         x = x_next
         if on_step is not None:
             on_step()
     out.final = x
-    if out.jtt:  # centred at steps 1..T-2; the ends take their neighbour's value
-        out.jtt = [out.jtt[0], *out.jtt, out.jtt[-1]]
-    else:
-        out.jtt = [0.0] * len(timesteps)
+    out.jtt = _fill_ends(curvature, segments or [0] * len(timesteps))
     out.dist = distance_matrix(visited).tolist()  # what budget mode replays the rule on
+    return out
+
+
+def _fill_ends(values: dict[int, float], segments: list) -> list[float]:
+    """One value per step: the measured ones, and at each expert's ends (no centred window) the nearest measured
+    value of the same expert; 0.0 for an expert with fewer than three steps."""
+    out = []
+    for k, seg in enumerate(segments):
+        if k in values:
+            out.append(values[k])
+            continue
+        same = [j for j in values if segments[j] == seg]
+        out.append(values[min(same, key=lambda j: abs(j - k))] if same else 0.0)
     return out
 
 
@@ -142,10 +169,11 @@ def noise_to(scheduler, x0: torch.Tensor, noise: torch.Tensor, k: int) -> torch.
 
 
 def measure_noised(denoise: Denoiser, scheduler, x0: torch.Tensor, noise: torch.Tensor, *,
-                   sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None
-                   ) -> SampleCurves:
+                   sampler_output: SamplerOutput | None = None, on_step: Callable[[], None] | None = None,
+                   segment_of: Callable[[float], Any] | None = None) -> SampleCurves:
     """Secants at x_{t_k} = x0 noised to each grid timestep; x' is one step of a fresh scheduler at k."""
     timesteps = scheduler.timesteps
+    segments = _segments(timesteps, segment_of)
     out = SampleCurves(timesteps=[float(t) for t in timesteps])
     for k, t in enumerate(timesteps):
         x = noise_to(scheduler, x0, noise, k)
@@ -156,7 +184,7 @@ def measure_noised(denoise: Denoiser, scheduler, x0: torch.Tensor, noise: torch.
             raise UnsupportedModelError(f"{type(sched).__name__} cannot start at step {k} (no set_begin_index)")
         sched.set_begin_index(k)
         x_next = sched.step(model_output, t, x, return_dict=False)[0]
-        jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k), f_xt=f)
+        jx, jt = secants(denoise, x, t, x_next, _other_timestep(timesteps, k, segments), f_xt=f)
         out.jx.append(jx)
         out.jt.append(jt)
         if on_step is not None:
@@ -176,8 +204,10 @@ def smooth_121(values: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def aggregate(timesteps: Sequence[float], samples: Sequence[SampleCurves], jt_curve: str = "raw") -> dict:
-    """Per-timestep mean over samples (in the given order) plus spread; the SensitivityProfile fields."""
+def aggregate(timesteps: Sequence[float], samples: Sequence[SampleCurves], jt_curve: str = "raw",
+              segment_of: Callable[[float], Any] | None = None) -> dict:
+    """Per-timestep mean over samples (in the given order) plus spread; the SensitivityProfile fields. With
+    ``segment_of`` (the expert serving each t) the smoothed J_t never averages over two experts."""
     if jt_curve not in ("raw", "smooth"):
         raise SenCacheError(f"jt_curve must be 'raw' or 'smooth' (got {jt_curve!r})")
     if not samples:
@@ -197,7 +227,11 @@ def aggregate(timesteps: Sequence[float], samples: Sequence[SampleCurves], jt_cu
                 f"there; check the model and its dtype (try float32)"
             )
     jx_mean, jt_raw = jx.mean(axis=0), jt.mean(axis=0)
-    jt_smooth = np.asarray(smooth_121(jt_raw))
+    segments = _segments(timesteps, segment_of) or [0] * n
+    jt_smooth = np.empty(n)
+    for seg in dict.fromkeys(segments):
+        idx = [k for k in range(n) if segments[k] == seg]  # an expert's steps are contiguous on the grid
+        jt_smooth[idx] = smooth_121(jt_raw[idx])
     spread = {"count": [float(len(samples))] * n}
     for name, values in (("jx", jx), ("jt", jt)):
         for q in (10, 50, 90):

@@ -8,6 +8,7 @@ import inspect
 
 import torch
 
+from sencache.core.profile import model_class_name, model_config_hash
 from sencache.errors import SenCacheError
 from sencache.runtime.call_defaults import call_defaults
 
@@ -42,6 +43,41 @@ class PipelineTarget:
         self.attention_kwargs = self.settings["attention_kwargs"]
         self._embeds: dict[str, tuple] = {}
 
+    def use_true_cfg(self) -> None:
+        """FLUX and HunyuanVideo: ``guidance_scale`` is the embedded (distilled) guidance, and classifier-free
+        guidance is ``true_cfg_scale`` with a negative prompt (the pipeline's ``do_true_cfg``), two calls per step."""
+        self.embedded_guidance = self.guidance
+        self.guidance = float(self.settings.get("true_cfg_scale") or 1.0)
+        self.negative_prompt = self.settings.get("negative_prompt")
+        self.cfg = self.guidance > 1.0 and self.negative_prompt is not None
+
+    # -- experts: one denoising transformer unless a family says otherwise (Wan 2.2) -------------------------
+    def experts(self) -> dict:
+        """The pipeline's denoising transformers by name, in serving order."""
+        return {"transformer": self.transformer}
+
+    def expert_at(self, t) -> str:
+        """The name of the transformer that serves timestep ``t``."""
+        return "transformer"
+
+    def segment_of(self):
+        """``expert_at`` when the pipeline has several experts (calibration then measures each on its own steps),
+        else None."""
+        return self.expert_at if len(self.experts()) > 1 else None
+
+    def expert_metadata(self, grid: list[float]) -> dict:
+        """For a profile of several experts: each one's class, config hash and the timesteps it served."""
+        if len(self.experts()) < 2:
+            return {}
+        experts = {}
+        for name, module in self.experts().items():
+            served = [t for t in grid if self.expert_at(t) == name]
+            if not served:
+                raise SenCacheError(f"{name} serves no step of the {len(grid)}-step grid; calibrate with more steps")
+            experts[name] = {"model_class": model_class_name(module), "config_hash": model_config_hash(module),
+                             "timesteps": [min(served), max(served)], "steps": len(served)}
+        return {"experts": experts}
+
     def conditioning(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(cond, uncond) text embeddings as the pipeline encodes them, cached per prompt."""
         if prompt not in self._embeds:
@@ -66,6 +102,26 @@ class PipelineTarget:
         if guided:
             return (lambda x, t: combine(x, t, None)), None
         return f_cond, combine
+
+    def guidance_at(self, t) -> float:
+        """The CFG scale at timestep ``t`` (Wan 2.2's low-noise expert has its own)."""
+        return self.guidance
+
+    def cfg_output(self, cond, uncond, f_cond):
+        """The sampler's output where the pipeline calls cond and uncond separately (Wan, FLUX, HunyuanVideo):
+        uncond + g·(cond − uncond). Families that batch the two override it."""
+
+        def combine(x, t, f_c):
+            f_c = f_cond(x, t) if f_c is None else f_c
+            f_u = self.forward(x, t, uncond)
+            return f_u + self.guidance_at(t) * (f_c - f_u)
+
+        return combine
+
+    def forwards_per_step(self, guided: bool) -> int:
+        """Transformer forwards per grid step: the call, a J_x and a J_t probe, and their uncond twins with CFG
+        (only the first with ``guided=False``: the probes measure the conditional branch)."""
+        return 3 if not self.cfg else (6 if guided else 4)
 
     def set_timesteps(self, scheduler, num_inference_steps: int) -> None:
         """The grid the pipeline samples on (its own ``set_timesteps`` call)."""

@@ -29,14 +29,21 @@ class WanTarget(PipelineTarget):
     """Calibration view of a (text-to-video) WanPipeline: encode, initial noise, denoisers, VAE."""
 
     family = "Wan"
+    extra_accepted = ("guidance_scale_2",)
 
     def __init__(self, pipe, pipe_kwargs: dict):
-        if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is not None:
-            raise UnsupportedModelError(
-                "calibrate supports Wan pipelines with one transformer; a two-expert Wan 2.2 pipeline needs one "
-                "profile per expert, which is not supported yet"
-            )
+        if getattr(pipe, "transformer", None) is None:
+            raise UnsupportedModelError("calibrate needs the Wan pipeline's transformer (pipe.transformer is None)")
         super().__init__(pipe, pipe_kwargs)
+        # Wan 2.2: transformer serves t >= boundary_ratio x num_train_timesteps, transformer_2 the steps below,
+        # with its own guidance scale (guidance_scale_2, by default guidance_scale), as WanPipeline.__call__ does
+        ratio = pipe.config.get("boundary_ratio") if hasattr(pipe.config, "get") else None
+        second = getattr(pipe, "transformer_2", None)
+        self.boundary = None
+        if ratio is not None and second is not None:
+            self.boundary = float(ratio) * pipe.scheduler.config.num_train_timesteps
+        g2 = self.settings.get("guidance_scale_2")
+        self.guidance_2 = float(g2) if g2 is not None else self.guidance
         kw = self.settings
         height, width, num_frames = int(kw["height"]), int(kw["width"]), int(kw["num_frames"])
         if height % 16 or width % 16 or height <= 0 or width <= 0:
@@ -77,29 +84,27 @@ class WanTarget(PipelineTarget):
             raise SenCacheError(f"the VAE gave a latent {tuple(z.shape)}, expected {self.latent_shape}")
         return z.to(self.device)
 
+    # -- experts ---------------------------------------------------------------------------------
+    def experts(self) -> dict:
+        if self.boundary is None:
+            return {"transformer": self.transformer}
+        return {"transformer": self.transformer, "transformer_2": self.pipe.transformer_2}
+
+    def expert_at(self, t) -> str:
+        return "transformer" if self.boundary is None or float(t) >= self.boundary else "transformer_2"
+
     # -- the denoiser --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """One transformer call exactly as WanPipeline makes it."""
+        """One transformer call exactly as WanPipeline makes it, by the expert that serves ``t``."""
+        model = self.experts()[self.expert_at(t)]
         t = torch.as_tensor(t, device=x.device)
         if self.pipe.config.expand_timesteps:
             mask = torch.ones(x.shape[2:], dtype=torch.float32, device=x.device)
             timestep = (mask[:, ::2, ::2] * t).flatten().unsqueeze(0).expand(x.shape[0], -1)
         else:
             timestep = t.expand(x.shape[0])
-        return self.transformer(hidden_states=x.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
-                                attention_kwargs=self.attention_kwargs, return_dict=False)[0]
+        return model(hidden_states=x.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
+                     attention_kwargs=self.attention_kwargs, return_dict=False)[0]
 
-    def cfg_output(self, cond, uncond, f_cond):
-        """Wan calls cond and uncond separately; the sampler steps with uncond + g·(cond − uncond)."""
-        g = self.guidance
-
-        def combine(x, t, f_c):
-            f_c = f_cond(x, t) if f_c is None else f_c
-            f_u = self.forward(x, t, uncond)
-            return f_u + g * (f_c - f_u)
-
-        return combine
-
-    def forwards_per_step(self, guided: bool) -> int:
-        return 3 if not self.cfg else (6 if guided else 4)
-
+    def guidance_at(self, t) -> float:
+        return self.guidance if self.expert_at(t) == "transformer" else self.guidance_2

@@ -132,22 +132,85 @@ class SensitivityProfile:
         return self._memoised((name, id(curve), len(curve), *tt.tolist()), compute)
 
     # --- compatibility ------------------------------------------------------------------------
-    def check_model(self, model: torch.nn.Module) -> None:
-        """Refuse a profile measured on another model class or config."""
-        want_cls = self.metadata.get("model_class")
+    def check_model(self, model: torch.nn.Module, expert: str = "transformer") -> None:
+        """Refuse a profile measured on another model class or config. ``expert`` names which of a pipeline's
+        denoising transformers ``model`` is (Wan 2.2: ``"transformer_2"`` is the low-noise expert): a profile of
+        a two-expert pipeline holds each expert's class and config in ``metadata["experts"]``."""
+        experts = self.metadata.get("experts")
+        if experts:
+            if expert not in experts:
+                raise ProfileError(f"this profile holds the experts {', '.join(experts)}, not {expert}; calibrate "
+                                   f"this pipeline with `sencache calibrate`")
+            want_cls, want_hash = experts[expert].get("model_class"), experts[expert].get("config_hash")
+        elif expert != "transformer":
+            raise ProfileError(
+                f"this pipeline has a second denoising transformer ({expert}: Wan 2.2's low-noise expert) and the "
+                f"profile holds one transformer's curve; measure both with `sencache calibrate` on the pipeline, or "
+                f"join one profile per expert with SensitivityProfile.join_experts")
+        else:
+            want_cls, want_hash = self.metadata.get("model_class"), self.metadata.get("config_hash")
         have_cls = model_class_name(model)
         if want_cls and want_cls != have_cls:
             raise ProfileError(
                 f"profile was calibrated for {want_cls} but the model is {have_cls}; "
                 f"run `sencache calibrate` on this model"
             )
-        want_hash = self.metadata.get("config_hash")
         have_hash = model_config_hash(model)
         if want_hash and have_hash != "unknown" and want_hash != have_hash:
             raise ProfileError(
                 f"profile was calibrated for a {want_cls} with another config (hash {want_hash}, this model "
                 f"{have_hash}); run `sencache calibrate` on this model"
             )
+
+    @classmethod
+    def join_experts(cls, parts: dict[str, "SensitivityProfile"],
+                     boundary_timestep: float | None = None) -> "SensitivityProfile":
+        """One profile for a pipeline whose experts serve disjoint timestep ranges (Wan 2.2: ``transformer`` at
+        t >= the boundary, ``transformer_2`` below), from one profile per expert.
+
+        Each part keeps its own grid points: with ``boundary_timestep`` (the pipeline's ``boundary_ratio`` ×
+        ``num_train_timesteps``) the first expert's at t >= boundary and the others' below it; without it the
+        parts' grids must not overlap. Curves and spreads present in every part are kept; stored trajectories
+        are not (budget mode needs a calibration of the whole pipeline)."""
+        if not isinstance(parts, dict) or len(parts) < 2 or \
+                not all(isinstance(p, SensitivityProfile) for p in parts.values()):
+            raise ProfileError("join_experts needs at least two profiles by expert name "
+                               "({'transformer': ..., 'transformer_2': ...})")
+        names = list(parts)
+        keep: dict[str, np.ndarray] = {}
+        for i, name in enumerate(names):
+            t = np.asarray(parts[name].timesteps)
+            if boundary_timestep is None:
+                keep[name] = np.ones_like(t, dtype=bool)
+            else:
+                keep[name] = t >= boundary_timestep if i == 0 else t < boundary_timestep
+            if not keep[name].any():
+                raise ProfileError(f"the profile for {name} has no timestep on its side of the boundary "
+                                   f"{boundary_timestep:g}; calibrate it on the steps that expert serves")
+        ranges = {n: (float(np.asarray(parts[n].timesteps)[keep[n]].min()),
+                      float(np.asarray(parts[n].timesteps)[keep[n]].max())) for n in names}
+        spans = sorted(ranges.values())
+        if any(lo <= prev_hi for (_, prev_hi), (lo, _) in zip(spans, spans[1:])):
+            raise ProfileError(f"the experts' timestep ranges overlap ({ranges}); pass boundary_timestep (the "
+                               f"pipeline's boundary_ratio x num_train_timesteps) to say which expert serves which")
+
+        def joined(get) -> list[float]:
+            return [v for n in names for v, k in zip(get(parts[n]), keep[n]) if k]
+
+        def common(attr) -> dict:
+            keys = set.intersection(*(set(getattr(parts[n], attr)) for n in names))
+            return {key: joined(lambda p, key=key: getattr(p, attr)[key]) for key in sorted(keys)}
+
+        first = parts[names[0]].metadata
+        meta = {k: v for k, v in first.items() if k not in ("trajectories", "recommended_eps", "target_nfe", "budget",
+                                                             "experts")}
+        meta["experts"] = {n: {"model_class": parts[n].metadata.get("model_class"),
+                               "config_hash": parts[n].metadata.get("config_hash"),
+                               "timesteps": list(ranges[n])} for n in names}
+        if boundary_timestep is not None:
+            meta["boundary_timestep"] = float(boundary_timestep)
+        return cls(joined(lambda p: p.timesteps), joined(lambda p: p.jx), joined(lambda p: p.jt),
+                   spread=common("spread"), curves=common("curves"), **meta)
 
     # --- io -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:

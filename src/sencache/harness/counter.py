@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sencache.adapter.layout import find_block_stack
+from sencache.adapter.layout import denoisers, find_block_stack
 from sencache.errors import SenCacheError
 
 # --------------------------------------------------------------------------------------------------
@@ -44,16 +44,17 @@ class StepCounter:
 
     A new generation starts when the timestep goes up (samplers run from high t to low t) or on
     :meth:`reset`. Only plain ``register_forward_pre_hook`` hooks are used, so no cache can hide from it.
+    ``target`` is a pipeline (every denoising transformer is counted: Wan 2.2's two experts) or a transformer.
     """
 
-    def __init__(self, transformer: torch.nn.Module):
-        self.transformer = transformer
+    def __init__(self, target):
+        self.transformers = list(denoisers(target).values())
         self.steps: list[list[bool]] = []  # per step, per call: did the block stack run
         self._last_t: float | None = None
-        self._handles = [
-            transformer.register_forward_pre_hook(self._on_call, with_kwargs=True),
-            _probe_module(transformer).register_forward_pre_hook(self._on_block),
-        ]
+        self._handles = []
+        for transformer in self.transformers:
+            self._handles += [transformer.register_forward_pre_hook(self._on_call, with_kwargs=True),
+                              _probe_module(transformer).register_forward_pre_hook(self._on_block)]
 
     def _on_call(self, module, args, kwargs):
         t = _timestep_value(args, kwargs)

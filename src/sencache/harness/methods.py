@@ -41,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from sencache.adapter import hooks
-from sencache.adapter.layout import find_block_stack
+from sencache.adapter.layout import denoisers, find_block_stack
 from sencache.core.rules import (
     FixedConfig,
     MagCacheConfig,
@@ -137,7 +137,7 @@ class MethodSpec:
     sweep: tuple = ()
     integer: bool = False  # the parameter is an integer (interval)
     higher_is_faster: bool = True
-    needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks"
+    needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks", "one_expert"
     _settings: Callable[[Any, MethodContext], dict] = field(default=None, repr=False)
     _attach: Callable[[Any, Any, dict, MethodContext], tuple[Callable[[], None], Callable[[], dict] | None]] = field(
         default=None, repr=False)
@@ -167,6 +167,8 @@ class MethodSpec:
             return "skipped: no calibrated baselines (baselines.json)"
         if "diffusers_ratios" in self.needs and ctx.baselines is not None and not ctx.baselines.diffusers_magcache_ratios:
             return "skipped: baselines hold no diffusers MagCache ratios (recalibrate)"
+        if "one_expert" in self.needs and pipe is not None and len(denoisers(pipe)) > 1:
+            return f"skipped: {self.name} has one ratio table per pipeline, and this one has two experts"
         if "two_blocks" in self.needs and pipe is not None:
             if len(find_block_stack(pipe.transformer).blocks) < 2:
                 return f"skipped: {self.name} needs at least 2 transformer blocks"
@@ -195,7 +197,7 @@ class MethodSpec:
             raise SenCacheError(f"{self.name} cannot run: {reason.removeprefix('skipped: ')}")
         value = self.coerce(value)
         setting = self.setting(value, ctx)
-        counter = StepCounter(pipe.transformer)
+        counter = StepCounter(pipe)
         try:
             undo, extra = self._attach(pipe, value, setting, ctx) if self._attach else (lambda: None, None)
         except BaseException:
@@ -346,16 +348,21 @@ def _diffusers_settings(name: str):
 
 def _attach_diffusers(name: str):
     def attach(pipe, value, setting, ctx: MethodContext):
-        transformer = pipe.transformer
+        experts = list(denoisers(pipe).values())  # Wan 2.2: each expert gets its own cache
         hooks.disable(pipe)  # never stack two caches
-        if transformer.is_cache_enabled:
-            transformer.disable_cache()
-        config = _diffusers_config(name, value, ctx)
-        transformer.enable_cache(config)
-        if name == "taylorseer" and not _taylorseer_hooked(transformer):
-            transformer.disable_cache()
-            raise SenCacheError("TaylorSeer's cache_identifiers matched no module of this transformer")
-        return transformer.disable_cache, None
+
+        def undo():
+            for transformer in experts:
+                if transformer.is_cache_enabled:
+                    transformer.disable_cache()
+
+        undo()
+        for transformer in experts:
+            transformer.enable_cache(_diffusers_config(name, value, ctx))
+            if name == "taylorseer" and not _taylorseer_hooked(transformer):
+                undo()
+                raise SenCacheError("TaylorSeer's cache_identifiers matched no module of this transformer")
+        return undo, None
 
     return attach
 
@@ -479,7 +486,7 @@ METHODS: dict[str, MethodSpec] = {
               "cache_interval", 3, (2, 3, 4, 5, 6), integer=True, settings=_diffusers_settings("taylorseer"),
               attach=_attach_diffusers("taylorseer")),
         _spec("diffusers-magcache", "diffusers", "diffusers MagCache (ratios from its calibrate=True run)",
-              "threshold", 0.06, (0.02, 0.06, 0.12, 0.24, 0.5, 1.0), needs=("baselines", "diffusers_ratios"),
+              "threshold", 0.06, (0.02, 0.06, 0.12, 0.24, 0.5, 1.0), needs=("baselines", "diffusers_ratios", "one_expert"),
               settings=_diffusers_settings("diffusers-magcache"), attach=_attach_diffusers("diffusers-magcache")),
         _spec("dbcache", "cache-dit", "cache-dit DBCache F1B0 (first block decides, the rest is cached)",
               "residual_diff_threshold", 0.08, (0.04, 0.08, 0.12, 0.2, 0.3), needs=("cache_dit", "two_blocks"),

@@ -62,7 +62,9 @@ class SenCacheConfig:
     """Settings of the SenCache rule; a plain config (building it runs nothing).
 
     Args:
-        profile: the model's :class:`~sencache.SensitivityProfile` (``sencache calibrate`` measures one).
+        profile: the model's :class:`~sencache.SensitivityProfile` (``sencache calibrate`` measures one; on a
+            two-expert pipeline it holds both experts' curves), or one profile per expert by name
+            (``{"transformer": p1, "transformer_2": p2}``, joined with :meth:`SensitivityProfile.join_experts`).
         eps: tolerance ε on the predicted change S, in RMS units of the model output per element (the same
             at any resolution). Larger reuses more. 0 disables reuse. Budget mode picks it for you:
             ``sencache.budget.with_target(config, target_nfe=25)``.
@@ -117,6 +119,8 @@ class SenCacheConfig:
             raise SenCacheError(
                 "budget mode is an explicit step: config = sencache.budget.with_target(SenCacheConfig(profile, ...), "
                 "target_nfe=N) (or target_speedup=x)")
+        if isinstance(self.profile, dict) and self.profile:  # one profile per expert (Wan 2.2): one joined profile
+            self.profile = SensitivityProfile.join_experts(self.profile)
         if not isinstance(self.profile, SensitivityProfile):
             raise SenCacheError(
                 "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
