@@ -90,7 +90,8 @@ def tiny_flux(seed: int = 0):
 
 def flux_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(300 + seed)
-    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g), pooled_prompt_embeds=torch.randn(batch, 8, generator=g),
+    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g),
+                pooled_prompt_embeds=torch.randn(batch, 8, generator=g),
                 height=32, width=32, num_inference_steps=steps, output_type="latent")
 
 
@@ -113,7 +114,8 @@ def hunyuan_kwargs(batch: int = 1, steps: int = 8, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(400 + seed)
     mask = torch.ones(batch, 8, dtype=torch.long)
     mask[:, 6:] = 0  # padded text tokens: the attention mask is a batch-first argument of every block
-    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g), pooled_prompt_embeds=torch.randn(batch, 8, generator=g),
+    return dict(prompt_embeds=torch.randn(batch, 8, 16, generator=g),
+                pooled_prompt_embeds=torch.randn(batch, 8, generator=g),
                 prompt_attention_mask=mask, height=32, width=32, num_frames=5, num_inference_steps=steps,
                 output_type="latent")
 

@@ -1,11 +1,12 @@
 """torch.compile and the adapter: the block hooks trace under fullgraph=True, compile once per execution mode,
-and give what the eager cached run gives, on tiny Wan, CogVideoX and LTX (CPU backends "eager"/"aot_eager")."""
+and give what the eager cached run gives, on tiny Wan, CogVideoX, LTX and FLUX (CPU backends "eager"/"aot_eager")."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RowRule, cog_kwargs, flat_profile, ltx_kwargs, tiny_cogvideox, tiny_ltx, tiny_wan, wan_kwargs
+from conftest import (RowRule, cog_kwargs, flat_profile, flux_kwargs, ltx_kwargs, tiny_cogvideox, tiny_flux, tiny_ltx,
+                      tiny_wan, wan_kwargs)
 from torch._dynamo.backends.registry import lookup_backend
 
 import sencache
@@ -53,7 +54,8 @@ def compile_blocks(pipe, backend, fullgraph=True):
 
 
 def generate(pipe, kwargs):
-    return pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+    out = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    return out.images if hasattr(out, "images") else out.frames
 
 
 def eager_then_compiled(pipe, kwargs, config, backend, order="before", fullgraph=True):
@@ -167,3 +169,16 @@ def test_whole_transformer_compiled_without_fullgraph():
     assert session.trace.computed_steps(0) == eager_steps
     assert torch.equal(first, eager) and torch.equal(second, eager)
     assert backend.graphs == graphs <= 4  # one graph per mode; the adapter's bookkeeping is never traced
+
+
+def test_flux_two_lists_regional_fullgraph_equals_eager():
+    """FLUX declares both block classes repeated: each list compiles under fullgraph=True with the hooks on it."""
+    pipe, kwargs, cls = tiny_flux(), flux_kwargs(steps=STEPS), "FluxTransformer2DModel"
+    assert set(pipe.transformer._repeated_blocks) == {"FluxTransformerBlock", "FluxSingleTransformerBlock"}
+    backend = CountingBackend("eager")
+    eager, eager_pattern, first, second, pattern, session, graphs = eager_then_compiled(
+        pipe, kwargs, sencache_config(cls), backend)
+    assert 1 < len(session.trace.computed_steps(0)) < STEPS
+    assert pattern == eager_pattern
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert backend.graphs == graphs  # the second generation compiled nothing

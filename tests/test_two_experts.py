@@ -183,7 +183,8 @@ def test_calibration_measures_each_expert_on_the_steps_it_serves():
     pipe(prompt="a red circle moving left", generator=torch.Generator().manual_seed(3), num_inference_steps=12,
          guidance_scale=5.0, output_type="latent", **size)
     assert set(cache.summary()["experts"]) == {"transformer", "transformer_2"}
-    assert cache.summary()["nfe"] == round(config.budget["simulated_nfe"])  # the replay on the stored trajectory counted both
+    # the replay on the stored two-expert trajectory counted both experts' steps
+    assert cache.summary()["nfe"] == round(config.budget["simulated_nfe"])
     sencache.disable(pipe)
 
 

@@ -4,7 +4,8 @@ Most video transformers have one list of blocks. FLUX and HunyuanVideo have two 
 (dual-stream ``transformer_blocks``, then single-stream ``single_transformer_blocks``); sencache skips both
 as one stack: the residual runs from the input of the first block of the first list to the output of the
 last block of the last, and the head still runs with the current timestep. The per-model facts live in
-one table (:data:`BLOCK_LISTS`); a model not listed is accepted when it has exactly one candidate block list (and no second one) whose block classes diffusers' ``TransformerBlockRegistry`` knows.
+one table (:data:`BLOCK_LISTS`); a model not listed is accepted when it has exactly one candidate block list
+(and no second one) whose block classes diffusers' ``TransformerBlockRegistry`` knows.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ BLOCK_LISTS = {
     "FluxTransformer2DModel": ("transformer_blocks", "single_transformer_blocks"),
     "HunyuanVideoTransformer3DModel": ("transformer_blocks", "single_transformer_blocks"),
 }
+TWO_LIST_MODELS = tuple(k for k, v in BLOCK_LISTS.items() if len(v) > 1)
 CANDIDATE_LISTS = ("blocks", "transformer_blocks")
 SECOND_STACKS = ("single_transformer_blocks", "single_blocks")
-UNKNOWN_STACKS = ("refiner_blocks", "noise_refiner", "context_refiner")  # lists whose place in the forward we do not know
+# block lists whose place in the forward sencache does not know
+UNKNOWN_STACKS = ("refiner_blocks", "noise_refiner", "context_refiner")
 
 # Where a pipeline keeps its denoising transformers, in the order they serve the steps (Wan 2.2: high noise, then low).
 EXPERTS = ("transformer", "transformer_2")
@@ -116,7 +119,7 @@ def _list_names(transformer: torch.nn.Module) -> tuple[str, ...]:
         if len(getattr(transformer, extra, None) or []) > 0:  # how the forward joins the two lists is model-specific
             raise UnsupportedModelError(
                 f"{cls} is not supported: it has a second block list '{extra}', and sencache skips two lists as one "
-                f"only for models whose forward it knows ({', '.join(k for k, v in BLOCK_LISTS.items() if len(v) > 1)}); "
+                f"only for models whose forward it knows ({', '.join(TWO_LIST_MODELS)}); "
                 f"open an issue with the model name"
             )
     return (found[0],)

@@ -92,7 +92,8 @@ class CacheSession:
         remove: takes the hooks off (what :meth:`disable` calls).
 
     Public state: ``trace`` (the last generation's decisions), ``observers``, ``stacks`` (each expert's block
-    stack; ``stack`` the first's), ``method``; :meth:`summary`, :meth:`residuals`, :meth:`residual_bytes`, :meth:`cache_state`.
+    stack; ``stack`` the first's), ``method``; :meth:`summary`, :meth:`residuals`, :meth:`residual_bytes`,
+    :meth:`cache_state`.
     """
 
     def __init__(self, transformer, scheduler, config, num_inference_steps: int | None = None,
