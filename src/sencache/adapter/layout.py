@@ -11,8 +11,6 @@ one table (:data:`BLOCK_LISTS`); a model not listed is accepted when it has exac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 from diffusers.hooks._helpers import TransformerBlockRegistry
 
@@ -165,19 +163,6 @@ def denoisers(target) -> dict[str, torch.nn.Module]:
         return found
     if isinstance(target, torch.nn.Module):
         return {"transformer": target}
-    raise UnsupportedModelError(
-        f"sencache.enable needs a diffusers pipeline with a .transformer or a transformer module, "
-        f"got {type(target).__name__}"
-    )
-
-
-def split_target(target) -> tuple[torch.nn.Module, Any]:
-    """(transformer, scheduler or None) from a pipeline or a bare transformer."""
-    transformer = getattr(target, "transformer", None)
-    if isinstance(transformer, torch.nn.Module):
-        return transformer, getattr(target, "scheduler", None)
-    if isinstance(target, torch.nn.Module):
-        return target, None
     raise UnsupportedModelError(
         f"sencache.enable needs a diffusers pipeline with a .transformer or a transformer module, "
         f"got {type(target).__name__}"
