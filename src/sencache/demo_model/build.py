@@ -94,6 +94,31 @@ def build_text_encoder(vocab_size: int, seed: int = 0, **overrides):
     return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, **{**TEXT_ENCODER_CONFIG, **overrides}))
 
 
+#: the T5 text encoder of the CogVideoX and LTX members: the size the Wan member's UMT5 grew into
+T5_TEXT_ENCODER_CONFIG = {**TEXT_ENCODER_CONFIG, "num_layers": 4, "relative_attention_num_buckets": 32}
+
+
+def build_t5_encoder(vocab_size: int, seed: int = 0, **overrides):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, **{**T5_TEXT_ENCODER_CONFIG, **overrides}))
+
+
+def assemble_pipeline(pipeline_class, words: list[str], seed: int, vae, text_encoder_overrides: dict | None,
+                      transformer_overrides: dict, *, text_encoder, transformer, new_vae, scheduler):
+    """A pipeline of ``pipeline_class`` from a family member's builders (``text_encoder(vocab, seed, **o)``,
+    ``transformer(seed, **o)``, ``new_vae(seed)``, ``scheduler()``): untrained, with ``vae`` if one is given."""
+    tokenizer = build_tokenizer(words)
+    return pipeline_class(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder(len(tokenizer), seed=seed, **(text_encoder_overrides or {})),
+        transformer=transformer(seed=seed, **transformer_overrides),
+        vae=vae if vae is not None else new_vae(seed=seed),
+        scheduler=scheduler(),
+    )
+
+
 def build_transformer(seed: int = 0, **overrides):
     from diffusers import WanTransformer3DModel
 
@@ -118,14 +143,9 @@ def build_pipeline(words: list[str], seed: int = 0, vae=None, text_encoder_overr
     """A complete demo WanPipeline with an untrained transformer and text encoder (and VAE, unless given)."""
     from diffusers import WanPipeline
 
-    tokenizer = build_tokenizer(words)
-    return WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=build_text_encoder(len(tokenizer), seed=seed, **(text_encoder_overrides or {})),
-        transformer=build_transformer(seed=seed, **transformer_overrides),
-        vae=vae if vae is not None else build_vae(seed=seed),
-        scheduler=build_scheduler(),
-    )
+    return assemble_pipeline(WanPipeline, words, seed, vae, text_encoder_overrides, transformer_overrides,
+                             text_encoder=build_text_encoder, transformer=build_transformer, new_vae=build_vae,
+                             scheduler=build_scheduler)
 
 
 def is_demo_pipeline(pipe) -> bool:

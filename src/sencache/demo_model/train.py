@@ -1,6 +1,10 @@
-"""Train the demo text-to-video model with rectified flow (the objective Wan uses), on CPU.
+"""Train a demo text-to-video model on CPU (or ``--device cuda``), with its architecture's own objective.
 
     python -m sencache.demo_model.train --vae runs/vae/vae --out runs/demo --minutes 80
+    python -m sencache.demo_model.train --system cogvideox --vae runs/vae_cog/vae --out runs/cog --minutes 80
+
+``--system`` picks the member of the demo family (:mod:`.systems`): wan (rectified flow, the shipped model),
+cogvideox (v-prediction DDIM) or ltx (rectified flow on packed tokens).
 
 The VAE (trained first by :mod:`.train_vae`) stays frozen: clips are encoded to its latent space and the
 transformer and text encoder learn to denoise there; the exported pipeline contains the VAE.
@@ -8,7 +12,7 @@ transformer and text encoder learn to denoise there; the exported pipeline conta
 Deterministic given ``--seed``: the batch and the noise of step k come from generators seeded with
 (seed, k), so a run resumed from a checkpoint continues exactly where it stopped. Logs the loss to
 ``OUT/loss.csv``; saves a resumable ``OUT/checkpoint.pt`` and, at the end (or on Ctrl-C or SIGTERM), the EMA
-weights as a diffusers WanPipeline folder ``OUT/pipeline``.
+weights as a diffusers pipeline folder ``OUT/pipeline`` of the system's pipeline class.
 """
 
 from __future__ import annotations
@@ -27,14 +31,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sencache.demo_model import data
-from sencache.demo_model.build import build_pipeline, demo_call_kwargs, encode_clips, encode_text
 from sencache.demo_model.grow import grow_from
 from sencache.demo_model.interruptible import save_atomic, sigterm_as_keyboard_interrupt
+from sencache.demo_model.systems import SYSTEMS, system
 from sencache.errors import SenCacheError
 from sencache.runtime.call_defaults import CALL_DEFAULTS_FILE
 
 CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance has an unconditional model
-SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends its steps
 
 
 def make_batch(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX, objects_mix=data.N_OBJECTS_WEIGHTS):
@@ -45,18 +48,10 @@ def make_batch(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX, object
     return frames, captions
 
 
-def flow_matching_loss(pipe, frames, captions, generator: torch.Generator) -> torch.Tensor:
-    x0 = encode_clips(pipe.vae, frames)
-    b = x0.shape[0]
-    # drawn on the CPU generator, then moved: the same numbers on every device
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    u = torch.rand(b, generator=generator).to(x0.device)
-    sigma = SHIFT * u / (1 + (SHIFT - 1) * u)  # the flow shift applied to a uniform draw
-    s = sigma.view(b, 1, 1, 1, 1)
-    xt = (1 - s) * x0 + s * noise
-    text = encode_text(pipe.tokenizer, pipe.text_encoder, captions)
-    pred = pipe.transformer(xt, sigma * 1000.0, text, return_dict=False)[0]
-    return F.mse_loss(pred, noise - x0)
+def batch_loss(member, pipe, frames, captions, generator: torch.Generator) -> torch.Tensor:
+    """The member's training loss on a batch of clips, encoded by its frozen VAE."""
+    inputs, target = member.training_example(pipe, member.encode_clips(pipe.vae, frames), captions, generator)
+    return F.mse_loss(pipe.transformer(**inputs, return_dict=False)[0], target)
 
 
 def trainable_modules(pipe):
@@ -67,14 +62,8 @@ def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str, grow: bool = F
     """Start from the transformer and text encoder of a saved demo pipeline (a second training stage goes on
     from the first one's EMA weights). Their configs must be the ones this run builds, unless ``grow``: then
     this run's may add layers (and text-encoder buckets), started so that the model computes what it did."""
-    from diffusers import WanTransformer3DModel
-    from transformers import UMT5EncoderModel
-
-
-    loaded = {
-        "transformer": WanTransformer3DModel.from_pretrained(folder, subfolder="transformer"),
-        "text_encoder": UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder"),
-    }
+    # the classes of the modules this run built: a folder of another architecture fails to load, loudly
+    loaded = {name: type(modules[name]).from_pretrained(folder, subfolder=name) for name in modules}
     for name, source in loaded.items():
         target = modules[name]
         if grow:
@@ -98,12 +87,12 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path) -> None:
+def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path, call_kwargs: dict) -> None:
     export = copy.deepcopy(pipe)
     trainable_modules(export).load_state_dict(ema.state_dict())
     export.save_pretrained(out_dir, safe_serialization=True)
     # loaded anywhere, the folder says its trained clip size (WanPipeline would default to Wan 2.1's)
-    (Path(out_dir) / CALL_DEFAULTS_FILE).write_text(json.dumps(demo_call_kwargs(), indent=1) + "\n")
+    (Path(out_dir) / CALL_DEFAULTS_FILE).write_text(json.dumps(call_kwargs, indent=1) + "\n")
 
 
 def train(args) -> Path:
@@ -114,10 +103,9 @@ def train(args) -> Path:
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in json.loads(args.transformer_overrides or "{}").items()}
     text_overrides = json.loads(args.text_encoder_overrides or "{}")
-    from diffusers import AutoencoderKLWan
-
-    vae = AutoencoderKLWan.from_pretrained(args.vae).eval().requires_grad_(False)
-    pipe = build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, text_encoder_overrides=text_overrides,
+    member = system(args.system)
+    vae = member.load_vae(args.vae).eval().requires_grad_(False)
+    pipe = member.build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, text_encoder_overrides=text_overrides,
                           **overrides).to(args.device)
     modules = trainable_modules(pipe)
     if args.init_from:
@@ -136,7 +124,7 @@ def train(args) -> Path:
     if args.export_only:
         if start == 0:
             raise SystemExit(f"no checkpoint in {out} to export")
-        save_pipeline(pipe, ema, out / "pipeline")
+        save_pipeline(pipe, ema, out / "pipeline", member.call_kwargs())
         print(f"exported the EMA weights of step {start} to {out / 'pipeline'}")
         return out / "pipeline"
     log_mode = "a" if start > 0 else "w"
@@ -160,7 +148,7 @@ def train(args) -> Path:
                     group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
                 frames, captions = make_batch(step, args.seed, args.batch_size, args.sizes, args.objects_mix)
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-                loss = flow_matching_loss(pipe, frames, captions, gen)
+                loss = batch_loss(member, pipe, frames, captions, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
@@ -182,13 +170,15 @@ def train(args) -> Path:
             bar.close()
             log_file.close()
             checkpoint(step)
-    save_pipeline(pipe, ema, out / "pipeline")
+    save_pipeline(pipe, ema, out / "pipeline", member.call_kwargs())
     print(f"trained to step {step}; pipeline saved to {out / 'pipeline'}")
     return out / "pipeline"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", choices=list(SYSTEMS), default="wan",
+                   help="which architecture of the demo family to train (default %(default)s)")
     p.add_argument("--vae", required=True, help="trained VAE folder (python -m sencache.demo_model.train_vae)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the LR schedule)")

@@ -1,6 +1,8 @@
-"""Train the demo model's video autoencoder (a tiny diffusers ``AutoencoderKLWan``) on CPU.
+"""Train a demo model's video autoencoder (a tiny diffusers ``AutoencoderKLWan``, or with ``--system`` an
+``AutoencoderKLCogVideoX`` / ``AutoencoderKLLTXVideo``) on CPU.
 
     python -m sencache.demo_model.train_vae --out runs/vae --minutes 15
+    python -m sencache.demo_model.train_vae --system ltx --out runs/vae_ltx --minutes 15
 
 The autoencoder turns a 9x32x32 RGB clip into an 8-channel latent of 5x8x8 (time /2 after the first
 frame, space /4), so the transformer only has to place objects and the decoder draws them. Loss: L1 +
@@ -8,8 +10,9 @@ MSE reconstruction of a latent blurred by a little Gaussian noise (so the decode
 diffusion model makes), plus a small penalty on the latent's size so the encoder cannot simply outgrow the noise.
 (A KL term from the start collapsed the latent here: with the posterior's unit variance drowning the encoder's
 initially tiny means, the decoder learned to ignore the latent and drew the mean background.) At the end
-the per-channel latent mean and std are measured on fresh clips and written into the VAE config
-(``latents_mean`` / ``latents_std``), which is how WanPipeline normalises latents. Deterministic given
+the per-channel latent mean and std are measured on fresh clips and stored where the system's pipeline reads
+them (Wan: ``latents_mean`` / ``latents_std`` in the config; LTX: the VAE's buffers of the same names; CogVideoX:
+one ``scaling_factor``). Deterministic given
 ``--seed``; resumable from ``OUT/vae_checkpoint.pt``; SIGTERM or Ctrl-C stop with a checkpoint and export.
 
 ``--decoder-of VAE_DIR`` sharpens the decoder of a finished VAE while its encoder (and so the latent space a
@@ -32,8 +35,9 @@ import torch
 from tqdm import tqdm
 
 from sencache.demo_model import data
-from sencache.demo_model.build import build_vae, frames_to_pixels
+from sencache.demo_model.build import frames_to_pixels
 from sencache.demo_model.interruptible import save_atomic, sigterm_as_keyboard_interrupt
+from sencache.demo_model.systems import SYSTEMS, system
 from sencache.errors import SenCacheError
 
 LATENT_NOISE = 0.1  # std of the noise added to the posterior mean while training
@@ -98,10 +102,13 @@ def train(args) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    member = system(args.system)
+    if args.decoder_of and args.system != "wan":
+        raise SenCacheError("--decoder-of is only implemented for the wan system's VAE")
     if args.decoder_of:
         vae = load_for_decoder_training(args.decoder_of, json.loads(args.vae_overrides or "{}"), args.seed)
     else:
-        vae = build_vae(seed=args.seed, **json.loads(args.vae_overrides or "{}"))
+        vae = member.build_vae(seed=args.seed, **json.loads(args.vae_overrides or "{}"))
     vae.to(args.device)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     ckpt_path = out / "vae_checkpoint.pt"
@@ -152,16 +159,17 @@ def train(args) -> Path:
     vae.eval()
     if not args.decoder_of:  # a decoder fine-tune keeps the encoder, so the statistics stay valid
         mean, std = measure_latent_stats(vae, args.seed, sizes=args.sizes)
-        vae.register_to_config(latents_mean=mean, latents_std=std)
-    std = vae.config.latents_std
+        member.set_latent_stats(vae, mean, std)
+        print(f"latent std per channel: {', '.join(f'{s:.2f}' for s in std)}")
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    print(f"trained to step {step}; VAE saved to {out / 'vae'} (latent std per channel: "
-          f"{', '.join(f'{s:.2f}' for s in std)})")
+    print(f"trained to step {step}; VAE saved to {out / 'vae'}")
     return out / "vae"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", choices=list(SYSTEMS), default="wan",
+                   help="whose VAE class to train (default %(default)s)")
     p.add_argument("--out", default="runs/vae")
     p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (sets the LR schedule)")
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
