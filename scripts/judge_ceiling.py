@@ -28,14 +28,15 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt-seed", type=int, default=777)
     ap.add_argument("--seeds", type=int, default=8, help="renderings (object placements) per caption")
     ap.add_argument("--vae", default=None, help="another VAE folder to round-trip through (default: the shipped one)")
+    ap.add_argument("--system", default="wan", help="whose VAE class --vae holds: wan, cogvideox or ltx")
     ap.add_argument("--small-px", dest="sizes", type=sizes_option, default=str(SIZE_PX["small"]), metavar="N",
                     help="side of small objects (7 before stage four)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.vae:
-        from diffusers import AutoencoderKLWan
+        from sencache.demo_model.systems import system
 
-        vae = AutoencoderKLWan.from_pretrained(args.vae).eval()
+        vae = system(args.system).load_vae(args.vae).eval()
     else:
         vae = load_pipeline().vae
     rendered, decoded = [], []

@@ -286,6 +286,17 @@ def analyse_object(
     return out
 
 
+def object_regions(frames: np.ndarray, caption: str, margin: int = 2) -> list[tuple[str, np.ndarray]]:
+    """Where each object of ``caption`` is in ``frames``: (its caption phrase without the article, an (F, H, W)
+    mask of its largest same-coloured blob per frame, grown by ``margin`` pixels); empty masks where it is
+    missing."""
+    objects, _background = parse_caption(caption)
+    video = _as_uint8_video(frames)
+    hard = _palette_masks(video)
+    return [(object_phrase(o).removeprefix("a "), _dilate(_fill_holes(_largest_component(hard[o.colour])), margin))
+            for o in objects]
+
+
 def judge_video(frames: np.ndarray, caption: str) -> dict:
     """Judge one video (F, H, W, 3; uint8, or float in [0, 1] / [0, 255]) against its caption.
 

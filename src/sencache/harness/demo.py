@@ -23,6 +23,7 @@ from sencache.harness.report import write_report
 from sencache.harness.tuning import tune_threshold
 
 DEMO_METHODS = ("magcache", "teacache", "sencache")
+SEED_PAGE_METHODS = ("magcache-fast", "sencache")  # the project page's columns
 
 
 def setting_key(method: str, steps: int, target_nfe: float, guidance: float, profile) -> str:
@@ -68,7 +69,8 @@ def choose_settings(pipe, baselines, baselines_path, profile, methods, steps: in
 
 def run_demo(pipe, profile, baselines, baselines_path, prompts: Sequence[str], out_dir, steps: int = 50,
              seed: int = 0, target: float = 0.5, guidance: float = 5.0, profile_path=None, retune: bool = False,
-             use_lpips: bool | None = None, model: str | None = None, log=print, progress: bool = True) -> dict:
+             use_lpips: bool | None = None, model: str | None = None, log=print, progress: bool = True,
+             methods: Sequence[str] = DEMO_METHODS) -> dict:
     """SenCache, MagCache and TeaCache next to the uncached reference at about ``target`` x ``steps`` NFE.
 
     Each method's threshold is the one stored in ``baselines`` for this setting, or found now by a short
@@ -87,16 +89,16 @@ def run_demo(pipe, profile, baselines, baselines_path, prompts: Sequence[str], o
     t0 = time.perf_counter()
     target_nfe = round(target * steps)
     log(f"choosing thresholds for about {target_nfe} of {steps} computed steps (calibration prompt only):")
-    chosen = choose_settings(pipe, baselines, baselines_path, profile, DEMO_METHODS, steps, target_nfe, guidance,
+    chosen = choose_settings(pipe, baselines, baselines_path, profile, methods, steps, target_nfe, guidance,
                              retune=retune, log=log)
-    values = {m: chosen[m]["value"] for m in DEMO_METHODS}
-    log("  " + ", ".join(f"{m} {values[m]:g} (NFE {chosen[m]['nfe']:g} on calibration)" for m in DEMO_METHODS))
-    log(f"running uncached + {', '.join(DEMO_METHODS)} on {len(prompts)} held-out prompt(s), seed {seed}")
-    results = compare(pipe, prompts, [seed], list(DEMO_METHODS), num_inference_steps=steps,
+    values = {m: chosen[m]["value"] for m in methods}
+    log("  " + ", ".join(f"{m} {values[m]:g} (NFE {chosen[m]['nfe']:g} on calibration)" for m in methods))
+    log(f"running uncached + {', '.join(methods)} on {len(prompts)} held-out prompt(s), seed {seed}")
+    results = compare(pipe, prompts, [seed], list(methods), num_inference_steps=steps,
                       guidance_scale=guidance, out_dir=out, profile=profile, baselines=baselines, values=values,
                       use_lpips=use_lpips, progress=progress, model=model, profile_path=profile_path,
                       baselines_path=baselines_path)
-    results["demo"] = {"target_nfe": target_nfe, "tuning": {m: chosen[m] for m in DEMO_METHODS},
+    results["demo"] = {"target_nfe": target_nfe, "tuning": {m: chosen[m] for m in methods},
                        "seconds": round(time.perf_counter() - t0, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     files = write_report(out, results)

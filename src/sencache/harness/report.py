@@ -32,11 +32,12 @@ __all__ = [
     "save_frames",
     "table_rows",
     "text_table",
+    "video_columns",
     "write_report",
 ]
 
 COLORS = {
-    "none": "#444444", "sencache": "#d62728", "magcache": "#1f77b4", "magcache-final": "#17becf",
+    "none": "#444444", "sencache": "#d62728", "magcache": "#1f77b4", "magcache-final": "#17becf", "magcache-fast": "#393b79",
     "teacache": "#2ca02c", "fixed": "#7f7f7f", "fixed-final": "#bcbd22", "fbcache": "#9467bd",
     "seacache": "#8c564b", "taylorseer": "#e377c2", "diffusers-magcache": "#aec7e8", "dbcache": "#ff7f0e",
 }
@@ -239,7 +240,7 @@ def plot_schedules(results: dict, path) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def _video_columns(results: dict) -> list[tuple[str, str]]:
+def video_columns(results: dict) -> list[tuple[str, str]]:
     """(variant key, label) per column: the reference, then each method's primary setting."""
     T = results["num_inference_steps"]
     ref = results["reference"]
@@ -254,7 +255,7 @@ def _video_columns(results: dict) -> list[tuple[str, str]]:
 
 def write_side_by_side(results: dict, frames: dict[str, np.ndarray], out_dir, fps: float = 4.0) -> dict[str, Path]:
     out = Path(out_dir)
-    cols = [(k, lbl) for k, lbl in _video_columns(results)]
+    cols = [(k, lbl) for k, lbl in video_columns(results)]
     jobs = [j for j in results.get("jobs", []) if all(f"{j['job']}|{k}" in frames for k, _ in cols)]
     jobs = jobs[:MAX_VIDEO_ROWS]
     if not jobs:
