@@ -75,7 +75,8 @@ def aggressive(spec):
 
 
 def test_registry_holds_every_method():
-    assert set(METHODS) == {"none", "sencache", "sencache-paper", "magcache", "magcache-final", "teacache", "fixed", "fixed-final",
+    assert set(METHODS) == {"none", "sencache", "sencache-paper", "magcache", "magcache-final", "magcache-fast", "teacache",
+                            "fixed", "fixed-final",
                             "fbcache", "seacache", "seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}
     for spec in METHODS.values():
         if spec.name != "none":

@@ -52,3 +52,14 @@ def test_caption_says_so_when_no_object_is_drawn():
     blank = np.full((data.FRAMES, data.SIZE, data.SIZE, 3), 120, np.uint8)
     assert most_different_object(CAPTION, blank, blank, blank) is None
     assert "no object" in difference_caption(CAPTION, blank, blank, blank)
+
+
+def test_demo_refuses_a_system_that_is_not_shipped_and_says_how_to_leave_it_out(tmp_path, monkeypatch, capsys):
+    from sencache.cli import main
+    from sencache.demo_model import systems
+
+    module, _, title = systems.SYSTEMS["ltx"]
+    monkeypatch.setitem(systems.SYSTEMS, "ltx", (module, tmp_path / "missing", title))
+    assert main(["demo", "--systems", "wan", "ltx", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out" / "wan").exists()  # refused before anything ran
+    assert "--systems wan" in capsys.readouterr().err
