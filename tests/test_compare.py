@@ -268,6 +268,7 @@ def test_demo_cli(model_dir, tmp_path, capsys):
     assert [k for k in stored["settings"] if k.startswith("sencache|")][0].endswith("|schedule=power2")
     page = (out / "report.html").read_text()
     assert page.count("Difference:") == 2 and "speed-up" in page  # one caption per row, and the table
+    assert "<td>MagCache</td>" in page and "<td>SenCache</td>" in page  # the project page's names
     from PIL import Image
 
     gif = Image.open(out / "side_by_side.gif")

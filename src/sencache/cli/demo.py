@@ -108,7 +108,7 @@ def run(args) -> int:
                            retune=args.retune, use_lpips=False if args.no_lpips else None, model=str(model),
                            methods=SEED_PAGE_METHODS)
         runs.append(SystemRun(name, system_title, results, load_frames(out / name / "frames.npz"),
-                              _captions(results, out / name), report=f"{name}/report.html"))
+                              _captions(results, out / name), report=f"{name}/report.html", display=NAMES))
         print(text_table(results, primary_only=True))
     files = write_seed_page(out, runs)
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Files in {out.resolve()}:")

@@ -31,6 +31,7 @@ class SystemRun:
     frames: dict[str, np.ndarray]
     captions: list[str] = field(default_factory=list)
     report: str | None = None  # the system's own full report, relative to the page
+    display: dict[str, str] = field(default_factory=dict)  # method -> the name its column shows
 
 
 def _legend(shape: tuple[int, ...]) -> np.ndarray:
@@ -38,6 +39,12 @@ def _legend(shape: tuple[int, ...]) -> np.ndarray:
     frames, h, w = shape[:3]
     ramp = colour_scale(np.linspace(1.0, 0.0, h)[:, None].repeat(w, 1))
     return np.repeat(ramp[None], frames, axis=0)
+
+
+def _shown(label: str, display: dict[str, str]) -> str:
+    """A column label "method\nNFE ..." with the method under its display name."""
+    method, newline, rest = label.partition("\n")
+    return display.get(method, method) + newline + rest
 
 
 def system_grid(run: SystemRun, gain: float = DEFAULT_GAIN) -> np.ndarray:
@@ -54,18 +61,18 @@ def system_grid(run: SystemRun, gain: float = DEFAULT_GAIN) -> np.ndarray:
         cells.append([_legend(clips[0].shape)] + [heat_map(clips[0], c, gain) for c in clips[1:]])
         caption = run.captions[i] if i < len(run.captions) else ""
         labels.append(f"{caption}  ·  heat maps: |method − uncached| ×{gain:g}, scale on the left".strip(" ·"))
-    grid = grid_video(cells, [lbl for _, lbl in cols], labels)
+    grid = grid_video(cells, [_shown(lbl, run.display) for _, lbl in cols], labels)
     band = text_image(run.title, grid.shape[2], TITLE_BAND, fontsize=10, weight="bold")
     return np.concatenate([np.repeat(band[None], grid.shape[0], axis=0), grid], axis=1)
 
 
-def _table(results: dict) -> str:
+def _table(results: dict, display: dict[str, str]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("method", "NFE", "speed-up", "PSNR (dB)", "SSIM", "LPIPS"))
     rows = []
     for r in primary_rows(results):
         if r["method"] == "none" and r.get("setting") != "uncached reference":
             continue
-        cells = [r["method"] if r["method"] != "none" else "uncached", fmt_number(r["nfe"], ".1f"),
+        cells = [display.get(r["method"], r["method"]) if r["method"] != "none" else "uncached", fmt_number(r["nfe"], ".1f"),
                  fmt_number(r["speedup"], ".2f") + "×", fmt_number(r["psnr"], ".2f"), fmt_number(r["ssim"], ".4f"),
                  fmt_number(r["lpips"], ".4f")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
@@ -93,7 +100,7 @@ def write_seed_page(out_dir, runs: list[SystemRun], gain: float = DEFAULT_GAIN, 
         T = run.results["num_inference_steps"]
         parts.append(f"<h2>{html.escape(run.title)}</h2><img src='{run.name}.gif' alt='{html.escape(run.name)}'>")
         parts.append("<ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in run.captions) + "</ul>")
-        parts.append(_table(run.results) + f"<p class='note'>{T} denoising steps, guidance "
+        parts.append(_table(run.results, run.display) + f"<p class='note'>{T} denoising steps, guidance "
                      f"{run.results['guidance_scale']:g}; fidelity against the uncached clip on raw frames.")
         if run.report:
             parts.append(f" Full report: <a href='{html.escape(run.report)}'>{html.escape(run.report)}</a>.")
