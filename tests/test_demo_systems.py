@@ -134,3 +134,9 @@ def test_vae_then_transformer_train_deterministically_and_export_a_loadable_pipe
 def test_unknown_system_is_refused_with_the_choices():
     with pytest.raises(SenCacheError, match="wan, cogvideox, ltx"):
         weights_dir("sora")
+
+
+def test_grow_is_refused_for_members_it_does_not_know(tmp_path):
+    with pytest.raises(SenCacheError, match="wan member only"):
+        train.train(train.parse_args(["--system", "ltx", "--vae", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--init-from", str(tmp_path), "--grow", "--threads", "1"]))

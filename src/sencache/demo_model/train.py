@@ -104,6 +104,8 @@ def train(args) -> Path:
                  for k, v in json.loads(args.transformer_overrides or "{}").items()}
     text_overrides = json.loads(args.text_encoder_overrides or "{}")
     member = system(args.system)
+    if args.grow and args.system != "wan":  # grow.py knows Wan's blocks and UMT5's per-layer position buckets
+        raise SenCacheError(f"--grow is implemented for the wan member only, not {args.system}")
     vae = member.load_vae(args.vae).eval().requires_grad_(False)
     pipe = member.build_pipeline(data.vocabulary(), seed=args.seed, vae=vae, text_encoder_overrides=text_overrides,
                           **overrides).to(args.device)
