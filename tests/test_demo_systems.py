@@ -16,6 +16,14 @@ from sencache.runtime.generation import generate
 from sencache.runtime.loading import load_pipeline
 
 TINY = {"num_layers": 1}
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The training scripts set torch's thread count (--threads 1): give later tests back what they had."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 LATENT = (8, 5, 8, 8)  # every member's latent of a 9x32x32 clip
 
 

@@ -66,8 +66,14 @@ def test_saves_loads_and_generates_deterministically(folders, kind):
     assert not np.array_equal(run(pipe, seed=1), clip)
     assert not np.array_equal(run(pipe, prompt="a blue square standing still"), clip)  # the text gets through
     fresh, call = build_pipeline(kind)  # seeded components: the folder holds what a new build makes
+    for name, component in fresh.components.items():
+        if isinstance(component, torch.nn.Module):
+            loaded = getattr(pipe, name).state_dict()
+            assert all(torch.equal(v, loaded[k]) for k, v in component.state_dict().items()), name
     set_call_defaults(fresh, call)
-    assert np.array_equal(run(fresh), clip)
+    # the same weights, but not the same memory (safetensors vs fresh tensors): on some CPUs the kernels then
+    # round the last bit differently
+    np.testing.assert_allclose(run(fresh), clip, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["flux", "hunyuanvideo"])
