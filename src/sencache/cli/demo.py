@@ -107,8 +107,9 @@ def run(args) -> int:
                            seed=args.seed, target=args.target, guidance=args.guidance, profile_path=profile_path,
                            retune=args.retune, use_lpips=False if args.no_lpips else None, model=str(model),
                            methods=SEED_PAGE_METHODS)
-        runs.append(SystemRun(name, system_title, results, load_frames(out / name / "frames.npz"),
-                              _captions(results, out / name), report=f"{name}/report.html", display=NAMES))
+        frames = load_frames(out / name / "frames.npz")
+        runs.append(SystemRun(name, system_title, results, frames, _captions(results, frames),
+                              report=f"{name}/report.html", display=NAMES))
         print(text_table(results, primary_only=True))
     files = write_seed_page(out, runs)
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Files in {out.resolve()}:")
@@ -119,10 +120,9 @@ def run(args) -> int:
     return 0
 
 
-def _captions(results: dict, folder: Path) -> list[str]:
+def _captions(results: dict, frames: dict) -> list[str]:
     """"Difference: the ..." per job, from the caption's objects, between MagCache and SenCache; none for a prompt
     outside the demo captions' grammar."""
-    frames = load_frames(folder / "frames.npz")
     keys = {row["method"]: row["key"] for row in primary_rows(results)}
     captions = []
     for job in results.get("jobs", []):
