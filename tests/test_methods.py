@@ -206,3 +206,23 @@ def test_calibration_and_evaluation_prompts_must_be_disjoint(baselines, tmp_path
     path = baselines.save(tmp_path / "baselines.json")
     with pytest.raises(SenCacheError, match="also used"):
         ensure_baselines(pipe, path, evaluation_prompts=[calib[0]], log=lambda *_: None)
+
+
+def test_seacache_is_skipped_where_diffusers_has_no_adapter_because_there_it_silently_runs_every_step(pipe, ctx):
+    import diffusers
+
+    from conftest import cog_kwargs, tiny_cogvideox, tiny_ltx
+
+    assert METHODS["seacache"].unavailable(ctx, pipe) is None  # Wan text-to-video: supported
+    for tiny in (tiny_cogvideox, tiny_ltx):
+        other = tiny()
+        for name in ("seacache", "seacache-hold"):
+            reason = METHODS[name].unavailable(ctx, other)
+            assert reason and "Wan text-to-video and Cosmos 3 only" in reason and type(other).__name__ in reason
+    # The premise: on CogVideoX diffusers' SeaCache at a huge threshold still computes every block of every step.
+    cog = tiny_cogvideox()
+    calls = []
+    cog.transformer.transformer_blocks[-1].register_forward_hook(lambda *a: calls.append(1))
+    cog.transformer.enable_cache(diffusers.SeaCacheConfig(threshold=1e6, max_consecutive_cached=0))
+    cog(**cog_kwargs(steps=6))
+    assert len(calls) == 6  # one batched CFG call per step, none skipped

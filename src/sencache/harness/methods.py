@@ -172,6 +172,9 @@ class MethodSpec:
         if "two_blocks" in self.needs and pipe is not None:
             if len(find_block_stack(pipe.transformer).blocks) < 2:
                 return f"skipped: {self.name} needs at least 2 transformer blocks"
+        if "sea_adapter" in self.needs and pipe is not None and not seacache_has_adapter(pipe):
+            return (f"skipped: diffusers' SeaCache has adapters for Wan text-to-video and Cosmos 3 only; on "
+                    f"{type(pipe).__name__} it gets no scheduler sigma and silently runs every step")
         return None
 
     def setting(self, value=None, ctx: MethodContext | None = None) -> dict:
@@ -374,6 +377,19 @@ def _attach_diffusers(name: str):
     return attach
 
 
+def seacache_has_adapter(pipe) -> bool:
+    """Whether diffusers' SeaCache can gate this pipeline's denoisers. Elsewhere it "fails open": no error, every
+    step computed, which a comparison would report as a lossless 50-step run."""
+    from diffusers import WanTransformer3DModel
+
+    def supported(transformer) -> bool:
+        if isinstance(transformer, WanTransformer3DModel):
+            return transformer.config.in_channels == transformer.config.out_channels  # text-to-video only
+        return type(transformer).__name__ == "Cosmos3OmniTransformer"
+
+    return all(supported(t) for t in denoisers(pipe).values())
+
+
 def _taylorseer_hooked(transformer) -> bool:
     from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
@@ -487,10 +503,11 @@ METHODS: dict[str, MethodSpec] = {
               (0.02, 0.05, 0.1, 0.2, 0.4), needs=("two_blocks",), settings=_diffusers_settings("fbcache"),
               attach=_attach_diffusers("fbcache")),
         _spec("seacache", "diffusers", "diffusers SeaCache (spectral change of the latent)", "threshold", 0.25,
-              (0.05, 0.1, 0.25, 0.5, 1.0), settings=_diffusers_settings("seacache"),
+              (0.05, 0.1, 0.25, 0.5, 1.0), needs=("sea_adapter",), settings=_diffusers_settings("seacache"),
               attach=_attach_diffusers("seacache")),
         _spec("seacache-hold", "diffusers", "diffusers SeaCache holding the cached residual (residual_order=0)",
-              "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), settings=_diffusers_settings("seacache-hold"),
+              "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), needs=("sea_adapter",),
+              settings=_diffusers_settings("seacache-hold"),
               attach=_attach_diffusers("seacache-hold")),
         _spec("taylorseer", "diffusers", "diffusers TaylorSeer (fixed interval, Taylor forecast of block outputs)",
               "cache_interval", 3, (2, 3, 4, 5, 6), integer=True, settings=_diffusers_settings("taylorseer"),
