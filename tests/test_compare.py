@@ -171,6 +171,37 @@ def test_compare_records_a_skipped_dbcache(pipe, monkeypatch):
                                              "skipped": "skipped: cache-dit not installed", "settings": []}
 
 
+def test_compare_records_seacache_as_skipped_where_it_has_no_adapter(pipe, monkeypatch):
+    import sencache.harness.methods as methods
+
+    monkeypatch.setattr(methods, "seacache_has_adapter", lambda pipe: False)
+    results = compare(pipe, ["a blue circle standing still on a plain background"], [0], ["fixed", "seacache"],
+                      num_inference_steps=4, progress=False, use_lpips=False, warmup=False)
+    assert results["methods"]["seacache"]["available"] is False
+    assert "Wan text-to-video and Cosmos 3 only" in results["methods"]["seacache"]["skipped"]
+
+
+def test_pareto_curves_leave_out_the_reference_unavailable_methods_and_capped_runs(tmp_path):
+    from sencache.harness.report import pareto_curves, plot_pareto_systems
+
+    def setting(nfe, psnr, capped=False):
+        return {"nfe": nfe, "psnr": psnr, "psnr_capped": capped, "lpips": None}
+
+    results = {"num_inference_steps": 50, "jobs": [{}] * 3, "method_order": ["none", "a", "b", "c"], "methods": {
+        "none": {"available": True, "settings": [setting(50, 100.0, True)]},
+        "a": {"available": True, "settings": [setting(30, 40.0), setting(20, 30.0), setting(50, 100.0, True)]},
+        "b": {"available": False, "settings": []},
+        "c": {"available": True, "settings": [setting(25, None)]}}}
+    assert pareto_curves(results, "psnr") == {"a": ((20, 30), (30.0, 40.0))}
+    assert pareto_curves(results, "lpips") == {}
+    with pytest.raises(SenCacheError, match="at least one"):
+        plot_pareto_systems([], "unused.png")
+    from PIL import Image
+
+    one, two = (Image.open(plot_pareto_systems([("A", results)] * n, tmp_path / f"{n}.png")) for n in (1, 2))
+    assert two.width == 2 * one.width  # one panel per system
+
+
 def test_tune_threshold_finds_the_setting_for_a_target_nfe(pipe, baselines):
     from sencache.harness.tuning import tune_threshold, tune_values
 

@@ -16,9 +16,11 @@ import json
 import math
 import textwrap
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from sencache.errors import SenCacheError
 from sencache.harness.metrics import PSNR_CAP_DB
 
 from sencache.runtime.video import grid_video, write_gif, write_mp4
@@ -37,7 +39,8 @@ __all__ = [
 ]
 
 COLORS = {
-    "none": "#444444", "sencache": "#d62728", "magcache": "#1f77b4", "magcache-final": "#17becf", "magcache-fast": "#393b79",
+    "none": "#444444", "sencache": "#d62728", "sencache-paper": "#ff9896", "seacache-hold": "#c49c94",
+    "magcache": "#1f77b4", "magcache-final": "#17becf", "magcache-fast": "#393b79",
     "teacache": "#2ca02c", "fixed": "#7f7f7f", "fixed-final": "#bcbd22", "fbcache": "#9467bd",
     "seacache": "#8c564b", "taylorseer": "#e377c2", "diffusers-magcache": "#aec7e8", "dbcache": "#ff7f0e",
 }
@@ -155,38 +158,76 @@ def _figure(w: float, h: float):
     return fig
 
 
+def pareto_curves(results: dict, metric: str) -> dict[str, tuple[tuple, tuple]]:
+    """Each method's (NFE, metric) points over its settings, sorted by NFE; the reference, unavailable methods and
+    capped PSNRs (runs identical to the reference) left out."""
+    curves = {}
+    for name in results.get("method_order", results["methods"]):
+        entry = results["methods"].get(name)
+        if not entry or not entry["available"] or name == "none":
+            continue
+        pts = sorted((s["nfe"], s[metric]) for s in entry["settings"]
+                     if s[metric] is not None and not (metric == "psnr" and s.get("psnr_capped")))
+        if pts:
+            curves[name] = tuple(zip(*pts))
+    return curves
+
+
+def _draw_curves(ax, results: dict, metric: str) -> bool:
+    curves = pareto_curves(results, metric)
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, "o-", color=COLORS.get(name), label=name, ms=4, lw=1.5)
+    T = results["num_inference_steps"]
+    ax.axvline(T, color="#999999", ls=":", lw=1)
+    ax.text(T, ax.get_ylim()[1] if curves else 0.5, " uncached", color="#777777", fontsize=7, va="top")
+    ax.set_xlabel("NFE (block-stack runs, full steps)")
+    ax.grid(alpha=0.3)
+    if not curves:
+        ax.text(0.5, 0.5, f"no {metric.upper()} values", ha="center", va="center", transform=ax.transAxes)
+    return bool(curves)
+
+
+def _shared_legend(fig, axes) -> None:
+    labels = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    if labels:
+        fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=min(7, len(labels)), fontsize=8,
+                   frameon=False)
+
+
 def plot_pareto(results: dict, path) -> Path:
     """PSNR vs NFE and LPIPS vs NFE; one line per method over its settings."""
     T = results["num_inference_steps"]
     fig = _figure(10, 4.2)
     axes = fig.subplots(1, 2)
     for metric, ax, better in (("psnr", axes[0], "higher is better"), ("lpips", axes[1], "lower is better")):
-        any_point = False
-        for name in results.get("method_order", results["methods"]):
-            entry = results["methods"].get(name)
-            if not entry or not entry["available"] or name == "none":
-                continue
-            pts = sorted((s["nfe"], s[metric]) for s in entry["settings"]
-                         if s[metric] is not None and not (metric == "psnr" and s.get("psnr_capped")))
-            if not pts:
-                continue
-            any_point = True
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-", color=COLORS.get(name), label=name, ms=4, lw=1.5)
-        ax.axvline(T, color="#999999", ls=":", lw=1)
-        ax.text(T, ax.get_ylim()[1] if any_point else 0.5, " uncached", color="#777777", fontsize=7, va="top")
-        ax.set_xlabel("NFE (block-stack runs, full steps)")
+        _draw_curves(ax, results, metric)
         ax.set_ylabel({"psnr": "PSNR vs uncached (dB)", "lpips": "LPIPS vs uncached"}[metric])
         ax.set_title(f"{metric.upper()} vs NFE ({better})", fontsize=10)
-        ax.grid(alpha=0.3)
-        if not any_point:
-            ax.text(0.5, 0.5, f"no {metric.upper()} values", ha="center", va="center", transform=ax.transAxes)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    _shared_legend(fig, axes)
     fig.suptitle(f"Fidelity vs cost, {T} steps, mean over {len(results.get('jobs', []))} job(s) "
                  f"(identical runs, PSNR = inf, not drawn)", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def plot_pareto_systems(systems: Sequence[tuple[str, dict]], path) -> Path:
+    """PSNR vs NFE side by side, one panel per (title, compare results), one legend for all."""
+    if not systems:
+        raise SenCacheError("plot_pareto_systems needs at least one (title, results) pair")
+    fig = _figure(4.2 * len(systems), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(systems)))
+    for ax, (title, results) in zip(axes, systems):
+        _draw_curves(ax, results, "psnr")
+        ax.set_title(f"{title}: {len(results.get('jobs', []))} pairs, {results['num_inference_steps']} steps",
+                     fontsize=10)
+    axes[0].set_ylabel("PSNR vs uncached (dB, higher is better)")
+    _shared_legend(fig, axes)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = Path(path)
     fig.savefig(path)
     return path
