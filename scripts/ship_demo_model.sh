@@ -54,18 +54,8 @@ next_stage "$STAGE8" "$STAGE7" 7 --steps 4800 --stop-at 4715 --objects-mix 0.4,0
 next_stage "$STAGE9" "$STAGE8" 8 --steps 4300 --stop-at 3536 --objects-mix 0.35,0.4,0.25 "${GROWN[@]}"
 rm -rf "$W" && mkdir -p "$W" && cp -r "$STAGE9/pipeline/." "$W/"
 # one loss curve for all stages: each stage's steps continue the previous stages' count
-$PY - "$RUN/loss.csv" "$STAGE2/loss.csv" "$STAGE3/loss.csv" "$STAGE4/loss.csv" "$STAGE5/loss.csv" \
-  "$STAGE6/loss.csv" "$STAGE7/loss.csv" "$STAGE8/loss.csv" "$STAGE9/loss.csv" > "$W/training_loss.csv" <<'PYEOF'
-import csv, sys
-rows = []
-for path in sys.argv[1:]:
-    last, elapsed = (int(rows[-1]["step"]), float(rows[-1]["elapsed_s"])) if rows else (0, 0.0)
-    rows += [{**r, "step": int(r["step"]) + last, "elapsed_s": f'{float(r["elapsed_s"]) + elapsed:.1f}'}
-             for r in csv.DictReader(open(path))]
-w = csv.DictWriter(sys.stdout, ["step", "loss", "lr", "elapsed_s"], lineterminator="\n")
-w.writeheader()
-w.writerows(rows)
-PYEOF
+$PY scripts/join_training_loss.py "$RUN/loss.csv" "$STAGE2/loss.csv" "$STAGE3/loss.csv" "$STAGE4/loss.csv" \
+  "$STAGE5/loss.csv" "$STAGE6/loss.csv" "$STAGE7/loss.csv" "$STAGE8/loss.csv" "$STAGE9/loss.csv" > "$W/training_loss.csv"
 # calibration prompts: the same reserved captions the baselines are calibrated on, never evaluated on
 $PY -c "from sencache.demo_model.prompts import default_calibration_prompts as p; print('\n'.join(p(8)))" \
   > "$W/calibration_prompts.txt"
