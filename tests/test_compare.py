@@ -179,6 +179,12 @@ def test_compare_records_seacache_as_skipped_where_it_has_no_adapter(pipe, monke
                       num_inference_steps=4, progress=False, use_lpips=False, warmup=False)
     assert results["methods"]["seacache"]["available"] is False
     assert "Wan text-to-video and Cosmos 3 only" in results["methods"]["seacache"]["skipped"]
+    from sencache.harness.tuning import tune_values
+
+    # `compare --nfe-targets` tunes before it compares: a method that cannot run is left to compare to record
+    values, records = tune_values(pipe, ["fixed", "seacache"], [2], ["a red square moving up"], [0],
+                                  MethodContext(num_inference_steps=4), progress=False)
+    assert set(values) == set(records) == {"fixed"}
 
 
 def test_pareto_curves_leave_out_the_reference_unavailable_methods_and_capped_runs(tmp_path):

@@ -179,7 +179,8 @@ def _draw_curves(ax, results: dict, metric: str) -> bool:
         ax.plot(xs, ys, "o-", color=COLORS.get(name), label=name, ms=4, lw=1.5)
     T = results["num_inference_steps"]
     ax.axvline(T, color="#999999", ls=":", lw=1)
-    ax.text(T, ax.get_ylim()[1] if curves else 0.5, " uncached", color="#777777", fontsize=7, va="top")
+    # right-aligned: the line sits at the axis' right end, where a left-aligned label is cut off
+    ax.text(T, ax.get_ylim()[1] if curves else 0.5, "uncached ", color="#777777", fontsize=7, va="top", ha="right")
     ax.set_xlabel("NFE (block-stack runs, full steps)")
     ax.grid(alpha=0.3)
     if not curves:

@@ -92,12 +92,14 @@ def tune_values(pipe, methods: Sequence[str], targets: Sequence[float], prompts:
                 progress: bool = True) -> tuple[dict[str, list], dict[str, list[dict]]]:
     """Per method, the thresholds that hit each target NFE on ``prompts`` (calibration prompts).
 
-    Returns (values for :func:`sencache.harness.compare.compare`, the tuning records). Methods without a threshold are left out.
+    Returns (values for :func:`sencache.harness.compare.compare`, the tuning records). Methods without a threshold,
+    and methods that cannot run on ``pipe`` (which compare records as skipped, with the reason), are left out.
     """
     from tqdm.auto import tqdm
 
     values, records = {}, {}
-    todo = [m for m in methods if get_method(m).param is not None]
+    ctx = ctx or MethodContext()
+    todo = [m for m in methods if get_method(m).param is not None and get_method(m).unavailable(ctx, pipe) is None]
     bar = tqdm(total=len(todo) * len(targets), desc="tune thresholds", disable=not progress, leave=False)
     for m in todo:
         cache: dict = {}
