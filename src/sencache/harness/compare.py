@@ -357,8 +357,7 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
     ctx = MethodContext(num_inference_steps=int(num_inference_steps), profile=profile, baselines=baselines)
     variants, skipped = plan_variants(methods, sweep, values, ctx, pipe)
     for name, reason in skipped.items():
-        # A missing profile or baselines is the user's to fix; a peer that cannot run on this model is a result.
-        if get_method(name).family != "cache-dit" and not {"two_blocks", "sea_adapter"} & set(get_method(name).needs):
+        if not get_method(name).skipped_when_unavailable:
             raise SenCacheError(f"{name} cannot run: {reason.removeprefix('skipped: ')}")
     notes = []
     if use_lpips is None:

@@ -127,6 +127,9 @@ def final_step_count(num_inference_steps: int) -> int:
     return max(1, int(round(0.1 * num_inference_steps)))
 
 
+SKIPPABLE_NEEDS = frozenset({"cache_dit", "two_blocks", "sea_adapter"})
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -137,7 +140,7 @@ class MethodSpec:
     sweep: tuple = ()
     integer: bool = False  # the parameter is an integer (interval)
     higher_is_faster: bool = True
-    needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks", "one_expert"
+    needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks", "one_expert", "sea_adapter"
     _settings: Callable[[Any, MethodContext], dict] = field(default=None, repr=False)
     _attach: Callable[[Any, Any, dict, MethodContext], tuple[Callable[[], None], Callable[[], dict] | None]] = field(
         default=None, repr=False)
@@ -155,6 +158,12 @@ class MethodSpec:
         if not math.isfinite(value) or value < 0:
             raise SenCacheError(f"{self.name}: {self.param} must be a finite number >= 0, got {value!r}")
         return value
+
+    @property
+    def skipped_when_unavailable(self) -> bool:
+        """Whether a comparison records this method as skipped when it cannot run: what it lacks then is an optional
+        package or something of the model's, a result; a missing profile or baselines is the user's to supply."""
+        return bool(SKIPPABLE_NEEDS & set(self.needs))
 
     def unavailable(self, ctx: MethodContext | None = None, pipe=None) -> str | None:
         """Why this method cannot run here ("skipped: ..."), or None."""

@@ -173,7 +173,7 @@ def pareto_curves(results: dict, metric: str) -> dict[str, tuple[tuple, tuple]]:
     return curves
 
 
-def _draw_curves(ax, results: dict, metric: str) -> bool:
+def _draw_curves(ax, results: dict, metric: str) -> None:
     curves = pareto_curves(results, metric)
     for name, (xs, ys) in curves.items():
         ax.plot(xs, ys, "o-", color=COLORS.get(name), label=name, ms=4, lw=1.5)
@@ -185,7 +185,6 @@ def _draw_curves(ax, results: dict, metric: str) -> bool:
     ax.grid(alpha=0.3)
     if not curves:
         ax.text(0.5, 0.5, f"no {metric.upper()} values", ha="center", va="center", transform=ax.transAxes)
-    return bool(curves)
 
 
 def _shared_legend(fig, axes) -> None:

@@ -99,7 +99,7 @@ def tune_values(pipe, methods: Sequence[str], targets: Sequence[float], prompts:
 
     values, records = {}, {}
     ctx = ctx or MethodContext()
-    todo = [m for m in methods if get_method(m).param is not None and get_method(m).unavailable(ctx, pipe) is None]
+    todo = [m for m in methods if (spec := get_method(m)).param is not None and spec.unavailable(ctx, pipe) is None]
     bar = tqdm(total=len(todo) * len(targets), desc="tune thresholds", disable=not progress, leave=False)
     for m in todo:
         cache: dict = {}
