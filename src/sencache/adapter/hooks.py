@@ -30,9 +30,12 @@ from typing import Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention
 from diffusers.hooks.hooks import StateManager
 
 from sencache.adapter.arguments import ArgumentReader
+from sencache.adapter.grid import latent_grid
 from sencache.adapter.layout import BlockLayout, denoisers
 from sencache.adapter.observers import SessionObserver
 from sencache.adapter.parallel import (
@@ -40,11 +43,13 @@ from sencache.adapter.parallel import (
     place_inside_parallel_hooks,
     resolve_sync,
 )
+from sencache.adapter.plan import StackSkipped
 from sencache.adapter.session import CacheSession
 from sencache.errors import SenCacheError
 
 MODEL_HOOK = "sencache_model"
 BLOCK_HOOK = "sencache_block"
+ATTENTION_HOOK = "sencache_attention"
 logger = logging.getLogger("sencache")
 
 
@@ -77,7 +82,11 @@ class SenCacheModelHook(ModelHook):
         context = self.context_state._context
         branch = context.name if context is not None else "default"
         step, num_steps = s._resolve_step(context, timestep, branch)
-        s._begin_call(branch, step, num_steps, latent, timestep, self.expert)
+        grid = None
+        if s.reads_grid:
+            grid = latent_grid(module, latent, lambda name: self.arguments.get(name, args, kwargs))
+        s._begin_call(branch, step, num_steps, latent, timestep, self.expert, grid=grid,
+                      context_sigma=getattr(context, "sigma", None))
         try:
             output = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
@@ -145,6 +154,8 @@ class SenCacheBlockHook(ModelHook):
             plan.head_hidden = read(layout.hidden_arg, args, kwargs)
             plan.head_encoder = read("encoder_hidden_states", args, kwargs) if layout.encoder_index is not None \
                 else None
+            if plan.decide_in_attention:
+                return self._decide_inside(plan, layout, args, kwargs)
         mode = plan.mode
         if mode == "skip":  # the head hands on the reused streams; every later block passes its input on
             if self.is_head:
@@ -167,6 +178,31 @@ class SenCacheBlockHook(ModelHook):
             merged_e = merged_e.index_copy(0, plan.rows, encoder)
         return layout.pack(merged_h, merged_e)
 
+    def _decide_inside(self, plan, layout, args, kwargs):
+        """Run the first block whole; its first attention layer's pre-hook decides. Skip: the rest of the
+        block is abandoned and the reused streams handed on. Subset: the later blocks take the computing rows."""
+        try:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        except StackSkipped:
+            return self.layout.pack(*self._reused_streams(plan))
+        if plan.mode == "pending":
+            raise SenCacheError("the first block called no attention layer, so the paper's SeaCache had no "
+                                "modulated input to decide on; use method 'seacache' (the latent) instead")
+        if not self.is_tail:
+            return output
+        hidden, encoder = layout.unpack(output)
+        if plan.mode == "subset":
+            hidden = hidden.index_select(0, plan.rows)
+            encoder = encoder.index_select(0, plan.rows) if encoder is not None else None
+        plan.out_hidden, plan.out_encoder = hidden, encoder
+        if plan.mode != "subset":
+            return output
+        merged_h, merged_e = self._reused_streams(plan)
+        merged_h = merged_h.index_copy(0, plan.rows, hidden)
+        if encoder is not None:
+            merged_e = merged_e.index_copy(0, plan.rows, encoder)
+        return layout.pack(merged_h, merged_e)
+
     @staticmethod
     def _reused_streams(plan):
         """The first block's input plus the cached (or forecast) residual, per stream."""
@@ -175,6 +211,38 @@ class SenCacheBlockHook(ModelHook):
         if encoder is not None and plan.reused_encoder is not None:
             encoder = encoder + plan.reused_encoder
         return hidden, encoder
+
+
+class SenCacheAttentionHook(ModelHook):
+    """On the first block's first attention layer, for rules that decide on the modulated input it receives."""
+
+    def __init__(self, session: CacheSession):
+        super().__init__()
+        self.session = session
+        self.arguments = None
+
+    def initialize_hook(self, module):
+        """Resolve where the attention's forward takes its input."""
+        self.arguments = ArgumentReader(type(module).forward)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        """Decide on the tokens about to enter attention; abandon the block when no row runs the stack."""
+        plan = self.session.plan
+        if plan.active and plan.mode == "pending":
+            self.session.decide_in_attention(self.arguments.get("hidden_states", args, kwargs))
+            if plan.mode == "skip":
+                raise StackSkipped
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+def first_attention(block: torch.nn.Module) -> torch.nn.Module:
+    """The first attention layer a block registers (Wan's attn1, CogVideoX's and LTX's attn1, FLUX's attn)."""
+    for module in block.modules():
+        if module is not block and isinstance(module, (Attention, AttentionModuleMixin)):
+            return module
+    raise SenCacheError(f"{type(block).__name__} has no attention layer: the paper's SeaCache has no modulated input "
+                        f"to decide on; use method 'seacache' (the latent) instead")
 
 
 def enable(target, config, *, num_inference_steps: int | None = None, sync_group=AUTO,
@@ -235,6 +303,9 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
                 SenCacheBlockHook(session, layout, index, count), BLOCK_HOOK
             )
             place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
+        if session.plan.decide_in_attention:
+            HookRegistry.check_if_exists_or_initialize(first_attention(stack.blocks[0])).register_hook(
+                SenCacheAttentionHook(session), ATTENTION_HOOK)
         registry.invalidate_child_registries_cache()
     return session
 
@@ -249,6 +320,7 @@ def disable(target) -> None:
             child = getattr(module, "_diffusers_hook", None)
             if child is not None and module is not transformer:
                 child.remove_hook(BLOCK_HOOK, recurse=False)
+                child.remove_hook(ATTENTION_HOOK, recurse=False)
         if registry is not None:
             registry.invalidate_child_registries_cache()
 

@@ -15,6 +15,10 @@ from __future__ import annotations
 import torch
 
 
+class StackSkipped(Exception):
+    """Raised inside the first block when a decision taken there says no row runs the stack."""
+
+
 class StackPlan:
     """One call's instructions for the block hooks, and what they hand back.
 
@@ -27,6 +31,9 @@ class StackPlan:
         reused_encoder: the same for the text stream of blocks that return it, or None.
         decide_at_head: the rule reads the first block's modulation, so the decision is taken there (a graph
             break under ``torch.compile``; only TeaCache does this).
+        decide_in_attention: the rule reads the first block's modulated input, so the decision is taken when the
+            first block's first attention layer is called (eager only; the paper's SeaCache does this). When every
+            row reuses, the rest of that block is abandoned (:class:`StackSkipped`).
         keep_modulation: store the first block's modulation for observers.
 
     Set by the block hooks, read by the transformer hook after the stack:
@@ -39,6 +46,7 @@ class StackPlan:
         self.active = False
         self.mode = "full"
         self.decide_at_head = False
+        self.decide_in_attention = False
         self.keep_modulation = False
         self.clear()
 

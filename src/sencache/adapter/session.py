@@ -17,7 +17,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from sencache.adapter.grid import token_grid
 from sencache.adapter.layout import find_block_stack
+from sencache.adapter.noise_level import noise_level
 from sencache.adapter.observers import CallEvent, SessionObserver
 from sencache.adapter.parallel import DecisionSync
 from sencache.adapter.plan import StackPlan
@@ -41,6 +43,8 @@ class _Call:
     t_cpu: torch.Tensor | None = None  # (B,) float64 timestep on the CPU (decisions and forecasts live there)
     decider: bool = False  # this call asked the rule for the step's decision
     residual: torch.Tensor | None = None  # new block-stack residual of the computed rows, for observers
+    grid: torch.Tensor | None = None  # (B, F, H, W, C) the rule's grid signal (rules with reads_grid)
+    sigma: float | None = None  # the step's noise level, given with grid
 
 
 @dataclass
@@ -115,6 +119,10 @@ class CacheSession:
         self.plan = StackPlan()  # what the block hooks do in the current call (see sencache.adapter.plan)
         # TeaCache watches the first block's modulation, so its decision waits for that block
         self.plan.decide_at_head = bool(getattr(self.rule, "reads_modulation", False))
+        # the paper's SeaCache watches the first block's modulated input: decided at that block's first attention
+        self.plan.decide_in_attention = bool(getattr(self.rule, "reads_attention_input", False))
+        self.reads_grid = bool(getattr(self.rule, "reads_grid", False)) or self.plan.decide_in_attention
+        self.step_clock = getattr(self.rule, "forecast_clock", "timestep") == "step"  # forecasts in step units
         self._poisoned = False
         self._sched_cache: tuple[int, torch.Tensor] | None = None
         self._t_scale = 1.0  # transformer timestep -> scheduler units (FLUX: num_train_timesteps)
@@ -209,7 +217,7 @@ class CacheSession:
 
     @torch.compiler.disable  # host-side bookkeeping: never traced, even when the whole transformer is compiled
     def _begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor,
-                    expert: str = "transformer"):
+                    expert: str = "transformer", grid: torch.Tensor | None = None, context_sigma=None):
         """Open a call: check the latent, start a new generation, step or expert when this is one, then decide
         (unless the rule waits for the first block's modulation) and leave the plan for the block hooks."""
         batch = latent.shape[0]
@@ -251,12 +259,16 @@ class CacheSession:
         gen.branches_this_step.add(branch)
         t_cpu = host[:-1] * self._t_scale if self._t_scale != 1.0 else host[:-1]
         self._call = _Call(branch=branch, step=step, num_steps=num_steps, latent=latent, timestep=t_rows,
-                           t_cpu=t_cpu)
+                           t_cpu=t_cpu, grid=grid)
+        if grid is not None:
+            self._call.sigma = noise_level(self.scheduler, context_sigma, step, float(t_cpu[0]))
         plan = self.plan
         plan.clear()
         plan.active = True
         plan.keep_modulation = bool(self.observers)
-        if not plan.decide_at_head:
+        if plan.decide_in_attention:
+            plan.mode = "pending"  # until the first block's first attention layer is called
+        elif not plan.decide_at_head:
             self._decide(None)
             self._prepare_plan()
 
@@ -267,6 +279,15 @@ class CacheSession:
         self._decide(modulation)
         self._prepare_plan()
 
+    @torch.compiler.disable
+    def decide_in_attention(self, tokens: torch.Tensor) -> None:
+        """The decision for a rule that reads the first block's modulated input (the video tokens its first
+        attention layer receives), put on the token grid."""
+        call = self._call
+        call.grid = token_grid(self.transformers[self._gen.expert], call.grid, tokens)
+        self._decide(None)
+        self._prepare_plan()
+
     def _decide(self, modulation: torch.Tensor | None) -> None:
         """Ask the rule once per step; later branches of the step follow the same verdict."""
         gen, call = self._gen, self._call
@@ -275,7 +296,8 @@ class CacheSession:
         if gen.decision is None:
             inp = StepInput(step=call.step, num_steps=call.num_steps, timestep=call.t_cpu.float(),
                             latent=call.latent, modulation=modulation,
-                            rms=self.sync.rms if self.sync is not None else rms_per_sample)
+                            rms=self.sync.rms if self.sync is not None else rms_per_sample,
+                            grid=call.grid, sigma=call.sigma)
             decision = on_cpu(self.rule.decide(gen.rule_state, inp))
             if self.sync is not None:
                 decision = self._guard(decision, call.step)
@@ -458,7 +480,7 @@ class CacheSession:
                 gen.residual_prev[branch] = old
                 gen.prev_t[branch] = torch.where(had, gen.refresh_t[branch], gen.prev_t[branch]) \
                     if branch in gen.prev_t else torch.where(had, gen.refresh_t[branch], math.nan)
-            gen.refresh_t[branch] = call.t_cpu
+            gen.refresh_t[branch] = self._clock(call)
             return
         mask = torch.ones(batch, dtype=torch.bool) if rows is None else \
             torch.zeros(batch, dtype=torch.bool).index_fill_(0, rows.cpu(), True)
@@ -474,7 +496,13 @@ class CacheSession:
             gen.residual_prev[branch] = self._offload(gen.residual_prev.get(branch), prev) \
                 if self.offload_residuals else prev
         gen.prev_t[branch] = torch.where(had, last_t, gen.prev_t.get(branch, nan.clone()))
-        gen.refresh_t[branch] = torch.where(mask, call.t_cpu, last_t)
+        gen.refresh_t[branch] = torch.where(mask, self._clock(call), last_t)
+
+    def _clock(self, call: _Call) -> torch.Tensor:
+        """(B,) float64 position of this call on the forecast's axis: the timestep, or the step index."""
+        if self.step_clock:
+            return torch.full_like(call.t_cpu, float(call.step), dtype=torch.float64)
+        return call.t_cpu
 
     def _reused_residual(self, branch: str, device: torch.device) -> torch.Tensor:
         """What the reusing rows get: the cached residual, extrapolated where the decision says order 1 and
@@ -489,7 +517,7 @@ class CacheSession:
         ok = (order > 0) & ~call.compute & torch.isfinite(t_prev) & (step != 0)
         if not bool(ok.any()):
             return cached
-        scale = torch.where(ok, (call.t_cpu - t_last) / torch.where(ok, step, torch.ones_like(step)),
+        scale = torch.where(ok, (self._clock(call) - t_last) / torch.where(ok, step, torch.ones_like(step)),
                             torch.zeros_like(step))
         idx = ok.nonzero().flatten()
         dev_idx = idx.to(cached.device)

@@ -45,6 +45,7 @@ from sencache.adapter.layout import denoisers, find_block_stack
 from sencache.core.rules import (
     FixedConfig,
     MagCacheConfig,
+    SeaCacheConfig,
     SenCacheConfig,
     TeaCacheConfig,
 )
@@ -255,6 +256,10 @@ def ours_config(name: str, value, ctx: MethodContext):
                               final_steps=TEACACHE_FINAL_STEPS)
     if name in ("fixed", "fixed-final"):
         return FixedConfig(interval=int(value), final_steps=final_step_count(T) if name == "fixed-final" else 0)
+    if name == "seacache":
+        return SeaCacheConfig(threshold=float(value))
+    if name == "seacache-paper":
+        return SeaCacheConfig.paper(threshold=float(value))
     raise KeyError(name)
 
 
@@ -288,6 +293,11 @@ def _ours_settings(name: str):
             return cfg
         if name in ("fixed", "fixed-final"):
             return {"warmup_steps": 0, "final_steps": final_step_count(T) if name == "fixed-final" else 0}
+        if name in ("seacache", "seacache-paper"):
+            c = ours_config(name, value, ctx)
+            return {"signal": c.signal, "residual_order": c.residual_order, "retention_steps": c.retention_steps,
+                    "cache_end_steps": c.cache_end_steps, "max_consecutive": c.max_consecutive,
+                    "power_exp": c.power_exp}
         return {}
 
     return settings
@@ -331,9 +341,9 @@ def _diffusers_config(name: str, value, ctx: MethodContext):
     T = ctx.num_inference_steps
     if name == "fbcache":
         return diffusers.FirstBlockCacheConfig(threshold=float(value))
-    if name == "seacache":
+    if name == "diffusers-seacache":
         return diffusers.SeaCacheConfig(threshold=float(value))
-    if name == "seacache-hold":
+    if name == "diffusers-seacache-hold":
         return diffusers.SeaCacheConfig(threshold=float(value), residual_order=0)
     if name == "taylorseer":
         return diffusers.TaylorSeerCacheConfig(
@@ -351,8 +361,8 @@ def _diffusers_settings(name: str):
     def settings(value, ctx: MethodContext) -> dict:
         if name == "fbcache":
             return {"note": "block 0 always runs; the rest is skipped per CFG branch"}
-        if name in ("seacache", "seacache-hold"):
-            return {"residual_order": 0 if name == "seacache-hold" else 1, "retention_steps": 1, "cache_end_steps": 1,
+        if name in ("diffusers-seacache", "diffusers-seacache-hold"):
+            return {"residual_order": 0 if name == "diffusers-seacache-hold" else 1, "retention_steps": 1, "cache_end_steps": 1,
                     "max_consecutive_cached": 2}
         if name == "taylorseer":
             return {"disable_cache_before_step": TAYLORSEER_WARMUP, "max_order": 1, "taylor_factors_dtype": "float32",
@@ -504,6 +514,13 @@ METHODS: dict[str, MethodSpec] = {
         _spec("teacache", "ours", "TeaCache: accumulated rescaled change of the timestep modulation", "threshold",
               0.2, (0.05, 0.1, 0.2, 0.3, 0.5, 0.8), needs=("baselines",), settings=_ours_settings("teacache"),
               attach=_attach_ours("teacache")),
+        _spec("seacache", "ours", "SeaCache as diffusers runs it (SEA-filtered latent, residual extrapolated from "
+              "the last two refreshes, <= 2 reuses in a row), on every architecture through the sencache adapter",
+              "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), settings=_ours_settings("seacache"),
+              attach=_attach_ours("seacache")),
+        _spec("seacache-paper", "ours", "SeaCache as published (SEA-filtered modulated input of the first block, "
+              "the residual held)", "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0),
+              settings=_ours_settings("seacache-paper"), attach=_attach_ours("seacache-paper")),
         _spec("fixed", "ours", "compute every k-th step, reuse in between", "interval", 2, (2, 3, 4, 5),
               integer=True, settings=_ours_settings("fixed"), attach=_attach_ours("fixed")),
         _spec("fixed-final", "ours", "every k-th step, and always the last 10 % of the steps", "interval", 2,
@@ -511,13 +528,13 @@ METHODS: dict[str, MethodSpec] = {
         _spec("fbcache", "diffusers", "diffusers FirstBlockCache (block 0 decides)", "threshold", 0.05,
               (0.02, 0.05, 0.1, 0.2, 0.4), needs=("two_blocks",), settings=_diffusers_settings("fbcache"),
               attach=_attach_diffusers("fbcache")),
-        _spec("seacache", "diffusers", "diffusers SeaCache (spectral change of the latent)", "threshold", 0.25,
-              (0.05, 0.1, 0.25, 0.5, 1.0), needs=("sea_adapter",), settings=_diffusers_settings("seacache"),
-              attach=_attach_diffusers("seacache")),
-        _spec("seacache-hold", "diffusers", "diffusers SeaCache holding the cached residual (residual_order=0)",
-              "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), needs=("sea_adapter",),
-              settings=_diffusers_settings("seacache-hold"),
-              attach=_attach_diffusers("seacache-hold")),
+        _spec("diffusers-seacache", "diffusers", "diffusers' own SeaCache (the cross-check of 'seacache'; Wan "
+              "text-to-video only)", "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), needs=("sea_adapter",),
+              settings=_diffusers_settings("diffusers-seacache"), attach=_attach_diffusers("diffusers-seacache")),
+        _spec("diffusers-seacache-hold", "diffusers", "diffusers' own SeaCache holding the cached residual "
+              "(residual_order=0)", "threshold", 0.25, (0.05, 0.1, 0.25, 0.5, 1.0), needs=("sea_adapter",),
+              settings=_diffusers_settings("diffusers-seacache-hold"),
+              attach=_attach_diffusers("diffusers-seacache-hold")),
         _spec("taylorseer", "diffusers", "diffusers TaylorSeer (fixed interval, Taylor forecast of block outputs)",
               "cache_interval", 3, (2, 3, 4, 5, 6), integer=True, settings=_diffusers_settings("taylorseer"),
               attach=_attach_diffusers("taylorseer")),

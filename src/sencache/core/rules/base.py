@@ -27,6 +27,9 @@ class StepInput:
         latent: (B, ...) the transformer's noisy input.
         modulation: (B, ...) the timestep conditioning fed to the first block (``temb``), or None.
         rms: per-sample RMS to measure changes with (across all ranks under context parallelism).
+        grid: (B, F, H, W, C) the signal of a rule that filters over the video grid (SeaCache: the noisy latent,
+            or the first block's modulated input), given only to rules that ask for it; else None.
+        sigma: the step's noise level in [0, 1] (flow-matching units), given with ``grid``.
     """
 
     step: int  # 0-based index of the denoising step
@@ -38,6 +41,8 @@ class StepInput:
     # the latent; the adapter then passes a reducer that sums squares and element counts over the ranks
     # (sencache.adapter.parallel), so rules stay free of torch.distributed and see the RMS of the whole latent.
     rms: Callable[[torch.Tensor], torch.Tensor] = rms_per_sample
+    grid: torch.Tensor | None = None  # (B, F, H, W, C), for rules with reads_grid / reads_attention_input
+    sigma: float | None = None  # noise level in [0, 1], given with grid
 
 
 @dataclass
@@ -66,6 +71,10 @@ class Rule(Protocol):
 
     A rule may set ``reads_modulation = True`` when it watches the first block's ``temb``: the adapter then
     decides inside that block (a graph break under torch.compile) instead of before the transformer runs.
+    ``reads_grid = True`` asks for the noisy latent on its video grid (``StepInput.grid``, with ``sigma``);
+    ``reads_attention_input = True`` for the first block's modulated input (what its first attention layer gets)
+    on the token grid instead, decided inside that block. ``forecast_clock = "step"`` makes order-1 forecasts
+    extrapolate in the step index instead of the timestep.
     """
     name: str
 
