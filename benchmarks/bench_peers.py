@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 NAME = "peers"
-DEFAULT_METHODS = ["none", "sencache", "magcache", "teacache", "fbcache", "seacache", "taylorseer", "dbcache"]
+DEFAULT_METHODS = ["none", "sencache", "magcache", "teacache", "fbcache", "seacache", "diffusers-seacache", "taylorseer", "dbcache"]
 INSTALL_LOG = common.RESULTS_DIR / "cache_dit_install.log"
 
 

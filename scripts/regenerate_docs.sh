@@ -32,7 +32,7 @@ rm -rf runs/spread
 $S generate --prompts docs/spread_prompts.txt --seeds 0 --out runs/spread
 cp runs/spread/generate.json docs/spread_generate.json
 $S compare --prompts docs/eval_prompts.txt --seeds 0 1 --methods sencache magcache magcache-final \
-  teacache fixed fixed-final fbcache seacache taylorseer dbcache --nfe-targets 25 --out docs/compare
+  teacache fixed fixed-final fbcache seacache seacache-paper diffusers-seacache taylorseer dbcache --nfe-targets 25 --out docs/compare
 $S audit --ablations --schedules --compare-correction --out docs/audit
 bash benchmarks/run_all.sh
 # the README's first python block, run as written; paste its output under "Output (shipped model, this machine)"

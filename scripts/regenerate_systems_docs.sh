@@ -13,7 +13,7 @@ measure_system() {
   $S judge --model "$W" --prompts 96 --prompt-seed 790 --first-seed 90000 --seeds 1 --threads 1 \
     --out "docs/judge_790_$system.json"
   $S compare --model "$W" --prompts docs/eval_prompts.txt --seeds 0 1 --methods sencache sencache-paper magcache \
-    magcache-fast teacache fbcache seacache seacache-hold --nfe-targets 15 20 25 30 35 --threads 1 \
+    magcache-fast teacache fbcache seacache seacache-paper --nfe-targets 15 20 25 30 35 --threads 1 \
     --out "docs/compare_$system"
   rm -f "docs/compare_$system/frames.npz"  # 2.3 MB of clips the tables do not need
 }

@@ -175,14 +175,14 @@ def test_compare_records_seacache_as_skipped_where_it_has_no_adapter(pipe, monke
     import sencache.harness.methods as methods
 
     monkeypatch.setattr(methods, "seacache_has_adapter", lambda pipe: False)
-    results = compare(pipe, ["a blue circle standing still on a plain background"], [0], ["fixed", "seacache"],
+    results = compare(pipe, ["a blue circle standing still on a plain background"], [0], ["fixed", "diffusers-seacache"],
                       num_inference_steps=4, progress=False, use_lpips=False, warmup=False)
-    assert results["methods"]["seacache"]["available"] is False
-    assert "Wan text-to-video and Cosmos 3 only" in results["methods"]["seacache"]["skipped"]
+    assert results["methods"]["diffusers-seacache"]["available"] is False
+    assert "Wan text-to-video and Cosmos 3 only" in results["methods"]["diffusers-seacache"]["skipped"]
     from sencache.harness.tuning import tune_values
 
     # `compare --nfe-targets` tunes before it compares: a method that cannot run is left to compare to record
-    values, records = tune_values(pipe, ["fixed", "seacache"], [2], ["a red square moving up"], [0],
+    values, records = tune_values(pipe, ["fixed", "diffusers-seacache"], [2], ["a red square moving up"], [0],
                                   MethodContext(num_inference_steps=4), progress=False)
     assert set(values) == set(records) == {"fixed"}
 

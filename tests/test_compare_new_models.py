@@ -35,3 +35,28 @@ def test_calibrate_then_compare_four_methods(kind, tmp_path, capsys):
     if kind == "wan22":
         assert json.loads((folder / "sencache_profile.json").read_text())["metadata"]["experts"].keys() == \
             {"transformer", "transformer_2"}
+
+
+@pytest.mark.parametrize("kind", ["cogvideox", "ltx", "flux", "wan22"])
+def test_compare_seacache_variants_tuned_to_a_budget_without_baselines(kind, tmp_path, capsys):
+    """Both SeaCache variants run through the adapter on every architecture, and --nfe-targets tunes a method set
+    that needs no baselines (it used to refuse), on a calibration prompt, never on the evaluation pairs."""
+    from full_pipelines import save_tiny_pipeline
+
+    folder = tmp_path / kind
+    save_tiny_pipeline(kind, folder, call_defaults=True)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a green triangle moving up\n")
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", str(folder), "--prompts", str(prompts), "--methods", "seacache",
+                 "seacache-paper", "--nfe-targets", "5", "--steps", str(STEPS), "--no-lpips", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    for method in ("seacache", "seacache-paper"):
+        setting = results["methods"][method]["settings"][0]
+        assert 3 <= setting["nfe"] <= 6, (method, setting["nfe"])
+        assert setting["psnr"] is not None and setting["schedules"] == 1 and setting["pairs"] == 1
+        assert setting["psnr_min"] == setting["psnr_p10"] == setting["psnr"]  # one pair: its own tail
+        assert results["tuning"][method][0]["prompts"] != ["a green triangle moving up"]
+    table = (out / "equal_nfe.md").read_text()
+    assert "10th-percentile" in table and "broken" in table

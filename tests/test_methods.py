@@ -77,7 +77,8 @@ def aggressive(spec):
 def test_registry_holds_every_method():
     assert set(METHODS) == {"none", "sencache", "sencache-paper", "magcache", "magcache-final", "magcache-fast", "teacache",
                             "fixed", "fixed-final",
-                            "fbcache", "seacache", "seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}
+                            "fbcache", "seacache", "seacache-paper", "diffusers-seacache",
+                            "diffusers-seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}
     for spec in METHODS.values():
         if spec.name != "none":
             assert spec.param and spec.sweep and spec.default is not None
@@ -213,10 +214,11 @@ def test_seacache_is_skipped_where_diffusers_has_no_adapter_because_there_it_sil
 
     from conftest import cog_kwargs, tiny_cogvideox, tiny_ltx
 
-    assert METHODS["seacache"].unavailable(ctx, pipe) is None  # Wan text-to-video: supported
+    assert METHODS["diffusers-seacache"].unavailable(ctx, pipe) is None  # Wan text-to-video: supported
     for tiny in (tiny_cogvideox, tiny_ltx):
         other = tiny()
-        for name in ("seacache", "seacache-hold"):
+        assert METHODS["seacache"].unavailable(ctx, other) is None  # ours runs there
+        for name in ("diffusers-seacache", "diffusers-seacache-hold"):
             reason = METHODS[name].unavailable(ctx, other)
             assert reason and "Wan text-to-video and Cosmos 3 only" in reason and type(other).__name__ in reason
     # The premise: on CogVideoX diffusers' SeaCache at a huge threshold still computes every block of every step.

@@ -30,7 +30,7 @@ from sencache.harness.methods import METHODS, MethodContext, get_method
 from sencache.harness.report import text_table, write_report
 from sencache.harness.tuning import tune_values
 from sencache.runtime import distributed as dist
-from sencache.runtime.prompts import read_prompts
+from sencache.runtime.prompts import check_disjoint, read_prompts
 
 
 def parse_set(items: Sequence[str]) -> dict[str, list]:
@@ -111,7 +111,7 @@ def _run_cli(args) -> int:
     profile_path = resolve_profile_path(args.profile, model)
     profile = load_profile_if_needed(profile_path, args.methods)
     baselines = baselines_path = None
-    if "baselines" in _needs(args.methods):
+    if "baselines" in _needs(args.methods) or (args.nfe_targets and args.baselines):
         baselines_path = Path(args.baselines) if args.baselines else default_baselines_path(profile_path)
         want = baselines_path
         baselines, baselines_path = dist.run_on_main(lambda: ensure_baselines(  # calibrated (and saved) once, by rank 0
@@ -120,13 +120,14 @@ def _run_cli(args) -> int:
     start = time.perf_counter()
     values, tuning = parse_set(args.set), None
     if args.nfe_targets:
-        if baselines is None:
-            raise SenCacheError("--nfe-targets tunes on the calibration prompts of the baselines: include a method "
-                                "that needs them (magcache, teacache, ...) or pass --baselines")
+        # tuned on the first calibration prompt of the baselines, or (no method needs them) on the prompt they
+        # would be calibrated on: never on an evaluation prompt
+        tune_prompts = baselines.calibration_prompts[:1] if baselines is not None else default_calibration_prompts()[:1]
+        tune_seeds = baselines.calibration_seeds[:1] if baselines is not None else [0]
+        check_disjoint(tune_prompts, prompts, "threshold tuning (--nfe-targets)")
         ctx = MethodContext(num_inference_steps=args.steps, profile=profile, baselines=baselines)
         tuned, tuning = dist.run_on_main(lambda: tune_values(  # rank 0 tunes; every rank evaluates the same values
-            pipe, args.methods, args.nfe_targets, baselines.calibration_prompts[:1],
-            baselines.calibration_seeds[:1], ctx, args.guidance))
+            pipe, args.methods, args.nfe_targets, tune_prompts, tune_seeds, ctx, args.guidance))
         values = {**tuned, **values}
     results = compare(pipe, prompts, args.seeds, args.methods, sweep=args.sweep, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, out_dir=args.out, profile=profile, baselines=baselines,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from sencache.adapter.parallel import parallel_config_of
 from sencache.core.profile import model_class_name, model_config_hash
@@ -41,6 +42,7 @@ from sencache.harness import report
 from sencache.harness.methods import REFERENCE, MethodContext, get_method
 from sencache.harness.metrics import PSNR_CAP_DB, lpips_ready
 from sencache.harness.runner import against_reference
+from sencache.harness.tails import tail_fields
 from sencache.runtime import distributed as dist
 from sencache.runtime.checkpoint import RunCheckpoint
 from sencache.runtime.generation import generate
@@ -209,7 +211,8 @@ def _mean(values) -> float | None:
 
 def summarize(records: Sequence[dict], variants: Sequence[Variant], skipped: dict[str, str], *, ctx: MethodContext,
               guidance_scale: float, prompts: Sequence[str], seeds: Sequence[int], model: str | None = None,
-              calibration: dict | None = None, notes: Sequence[str] = ()) -> dict:
+              calibration: dict | None = None, notes: Sequence[str] = (), device: str = "cpu",
+              dtype: str = "float32") -> dict:
     """The results dict: per method and setting, means over jobs and the per-prompt values."""
     T = ctx.num_inference_steps
     ref_wall = _mean(r["reference"]["wall_s"] for r in records)
@@ -221,6 +224,12 @@ def summarize(records: Sequence[dict], variants: Sequence[Variant], skipped: dic
             "skipped": None, "settings": []})
         runs = [(r, r["runs"][v.key]) for r in records if v.key in r["runs"]]
         wall = _mean(run["wall_s"] for _, run in runs)
+        per_prompt = [
+            {"job": r["job"], "prompt": r["prompt"], "seed": r["seed"], "nfe": run["nfe"],
+             "wall_s": run["wall_s"], "speedup": run["speedup"], "psnr": run["psnr"], "ssim": run["ssim"],
+             "lpips": run["lpips"], "skipped_steps": run["skipped_steps"]}
+            for r, run in runs
+        ]
         entry["settings"].append({
             "key": v.key,
             "value": v.value,
@@ -235,20 +244,14 @@ def summarize(records: Sequence[dict], variants: Sequence[Variant], skipped: dic
             "ssim": _mean(run["ssim"] for _, run in runs),
             "lpips": _mean(run["lpips"] for _, run in runs),
             "schedule": runs[0][1]["schedule"] if runs else [],
-            "per_prompt": [
-                {"job": r["job"], "prompt": r["prompt"], "seed": r["seed"], "nfe": run["nfe"],
-                 "wall_s": run["wall_s"], "speedup": run["speedup"], "psnr": run["psnr"], "ssim": run["ssim"],
-                 "lpips": run["lpips"], "skipped_steps": run["skipped_steps"]}
-                for r, run in runs
-            ],
+            **tail_fields(per_prompt),
+            "per_prompt": per_prompt,
         })
     for name, reason in skipped.items():
         spec = get_method(name)
         methods[name] = {"family": spec.family, "description": spec.description, "param": spec.param,
                          "available": False, "skipped": reason, "settings": []}
     import diffusers
-    import torch
-
 
     return {
         "format": FORMAT,
@@ -271,9 +274,21 @@ def summarize(records: Sequence[dict], variants: Sequence[Variant], skipped: dic
         "notes": list(notes),
         "environment": {
             "sencache": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "threads": torch.get_num_threads(), "device": "cpu", "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "device": device, "dtype": dtype,
+            "python": platform.python_version(),
         },
     }
+
+
+def where_it_ran(pipe) -> dict:
+    """The device and dtype the pipeline's denoiser actually ran in (what results record)."""
+    transformer = getattr(pipe, "transformer", None)
+    param = next(transformer.parameters(), None) if isinstance(transformer, torch.nn.Module) else None
+    if param is None:
+        return {"device": "unknown", "dtype": "unknown"}
+    name = torch.cuda.get_device_name(param.device) if param.device.type == "cuda" else None
+    device = str(param.device) + (f" ({name})" if name else "")
+    return {"device": device, "dtype": str(param.dtype).removeprefix("torch.")}
 
 
 def write_outputs(results: dict, out_dir, frames: dict | None = None) -> dict[str, Path]:
@@ -418,7 +433,8 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
     failures.sort(key=lambda f: f["job"])
     results = summarize(merge_records(records), variants, skipped, ctx=ctx, guidance_scale=guidance_scale,
                         prompts=prompts, seeds=seeds, model=model,
-                        calibration=calibration_info(profile, baselines, profile_path, baselines_path), notes=notes)
+                        calibration=calibration_info(profile, baselines, profile_path, baselines_path), notes=notes,
+                        **where_it_ran(pipe))
     results["failures"] = failures
     if out_dir is not None and (shard or dist.is_main()):  # unsharded ranks (context parallelism) share one run
         results["files"] = {k: str(v) for k, v in write_outputs(results, out_dir, frames).items()}

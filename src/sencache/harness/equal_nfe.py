@@ -4,14 +4,21 @@ Every method's settings give points (mean NFE, mean PSNR / SSIM / LPIPS) over th
 Sorted by NFE and joined by straight lines they form the method's curve; reading every curve at the same
 NFE targets compares methods at equal compute even when their bisected thresholds landed a little apart.
 A target outside a method's measured NFE range is reported as unreachable, never read off another NFE.
-The "area" summary is the mean interpolated PSNR over the targets a method reaches.
+The "area" summary is the mean interpolated PSNR over the targets a method reaches. The tail (10th-percentile and
+worst-pair PSNR, worst-pair LPIPS) is interpolated the same way; the broken-clip and schedule counts, being
+whole numbers, are read off the setting nearest in NFE.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from sencache.harness.report import fmt_number
+from sencache.harness.tails import BROKEN_PSNR_DB, with_tails
+
 METRICS = ("psnr", "ssim", "lpips")
+TAIL_METRICS = ("psnr_p10", "psnr_min", "lpips_max")  # interpolated along the curve, like the means
+COUNTS = ("broken", "schedules")  # whole counts: read off the setting nearest in NFE
 
 
 def curve(entry: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -34,38 +41,83 @@ def at_nfe(entry: dict, metric: str, target: float) -> float | None:
     return float(np.interp(target, nfe, values))
 
 
+def nearest_at(entry: dict, key: str, target: float) -> int | None:
+    """``key`` of the setting whose NFE is nearest ``target``; None when the target is outside the NFE range."""
+    settings = [s for s in entry.get("settings", []) if s.get("nfe") is not None and s.get(key) is not None]
+    if not settings:
+        return None
+    nfes = [float(s["nfe"]) for s in settings]
+    if target < min(nfes) - 1e-9 or target > max(nfes) + 1e-9:
+        return None
+    return int(min(settings, key=lambda s: abs(float(s["nfe"]) - target))[key])
+
+
 def equal_nfe(results: dict, targets) -> dict:
-    """``{method: {"psnr": [v or None per target], "ssim": [...], "lpips": [...], "mean_psnr": m or None}}``
-    for every method of a :func:`sencache.harness.compare.compare` result that ran."""
+    """``{method: {"psnr": [v or None per target], "ssim", "lpips", "psnr_p10", "psnr_min", "lpips_max",
+    "broken", "schedules": [...], "mean_psnr": m or None, "mean_psnr_p10": m or None}}`` for every method of a
+    :func:`sencache.harness.compare.compare` result that ran (tail fields filled in where missing)."""
+    with_tails(results)
     out = {}
     for name, entry in results["methods"].items():
         if not entry.get("available", True) or entry.get("param") is None:
             continue
-        row = {m: [at_nfe(entry, m, float(t)) for t in targets] for m in METRICS}
-        reached = [v for v in row["psnr"] if v is not None]
-        row["mean_psnr"] = float(np.mean(reached)) if len(reached) == len(targets) else None
+        row = {m: [at_nfe(entry, m, float(t)) for t in targets] for m in METRICS + TAIL_METRICS}
+        row.update({k: [nearest_at(entry, k, float(t)) for t in targets] for k in COUNTS})
+        for metric, summary in (("psnr", "mean_psnr"), ("psnr_p10", "mean_psnr_p10")):
+            reached = [v for v in row[metric] if v is not None]
+            row[summary] = float(np.mean(reached)) if len(reached) == len(targets) else None
         out[name] = row
     return out
 
 
+def _best(table: dict, metric: str, i: int, low: bool = False) -> float | None:
+    values = [r[metric][i] for r in table.values() if r[metric][i] is not None]
+    return (min if low else max)(values, default=None)
+
+
+def _bold_if(text: str, value, best) -> str:
+    return f"**{text}**" if best is not None and value is not None and abs(value - best) < 1e-9 else text
+
+
 def equal_nfe_table(results: dict, targets) -> str:
-    """A markdown table: PSNR (LPIPS) per method at each target NFE, the best PSNR per column in bold,
-    "–" where a method cannot reach the target, and the mean PSNR over all targets."""
+    """Two markdown tables at each target NFE: mean / 10th-percentile PSNR (mean LPIPS), and the worst pair's PSNR
+    (LPIPS) with the broken-clip count and the number of distinct schedules; the best per column in bold, "–"
+    where a method cannot reach the target."""
     table = equal_nfe(results, targets)
-    best = [max((r["psnr"][i] for r in table.values() if r["psnr"][i] is not None), default=None)
-            for i in range(len(targets))]
-    head = ["method"] + [f"NFE {t:g}" for t in targets] + ["mean PSNR"]
-    lines = [f"PSNR dB (LPIPS) interpolated to equal NFE of {results['num_inference_steps']} steps, along each "
-             f"method's own curve; – = outside the NFE range the method reached.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    n = len(targets)
+    pairs = len(results.get("jobs", []))
+    head = ["method"] + [f"NFE {t:g}" for t in targets]
+    lines = [f"PSNR dB interpolated to equal NFE of {results['num_inference_steps']} steps along each method's own "
+             f"curve, over {pairs} prompt x seed pairs; – = outside the NFE range the method reached.", "",
+             "**Mean / 10th-percentile PSNR (mean LPIPS)**", "",
+             "| " + " | ".join(head + ["mean over budgets"]) + " |", "|" + "---|" * (len(head) + 1)]
+    best_mean = [_best(table, "psnr", i) for i in range(n)]
+    best_p10 = [_best(table, "psnr_p10", i) for i in range(n)]
     for name, row in table.items():
         cells = [name]
-        for i, (p, lp) in enumerate(zip(row["psnr"], row["lpips"])):
+        for i in range(n):
+            p, q, lp = row["psnr"][i], row["psnr_p10"][i], row["lpips"][i]
             if p is None:
                 cells.append("–")
                 continue
-            text = f"{p:.2f}" + (f" ({lp:.4f})" if lp is not None else "")
-            cells.append(f"**{text}**" if best[i] is not None and abs(p - best[i]) < 1e-9 else text)
-        cells.append(f"{row['mean_psnr']:.2f}" if row["mean_psnr"] is not None else "–")
+            text = _bold_if(f"{p:.2f}", p, best_mean[i]) + " / " + _bold_if(fmt_number(q, ".2f"), q, best_p10[i])
+            cells.append(text + (f" ({lp:.4f})" if lp is not None else ""))
+        means = (row["mean_psnr"], row["mean_psnr_p10"])
+        cells.append(" / ".join(fmt_number(v, ".2f") for v in means) if means[0] is not None else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"**Worst pair: PSNR (LPIPS); broken clips (PSNR < {BROKEN_PSNR_DB:g} dB); distinct schedules over "
+              f"{pairs} pairs** (counts from the setting nearest in NFE)", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best_min = [_best(table, "psnr_min", i) for i in range(n)]
+    for name, row in table.items():
+        cells = [name]
+        for i in range(n):
+            w, lp = row["psnr_min"][i], row["lpips_max"][i]
+            if row["psnr"][i] is None or w is None:
+                cells.append("–")
+                continue
+            text = _bold_if(f"{w:.2f}", w, best_min[i]) + (f" ({lp:.4f})" if lp is not None else "")
+            cells.append(f"{text}; {fmt_number(row['broken'][i], 'd')} broken; {fmt_number(row['schedules'][i], 'd')} sched.")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+

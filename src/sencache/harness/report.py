@@ -22,6 +22,7 @@ import numpy as np
 
 from sencache.errors import SenCacheError
 from sencache.harness.metrics import PSNR_CAP_DB
+from sencache.harness.tails import BROKEN_PSNR_DB, TAIL_FIELDS, with_tails
 
 from sencache.runtime.video import grid_video, write_gif, write_mp4
 
@@ -39,10 +40,11 @@ __all__ = [
 ]
 
 COLORS = {
-    "none": "#444444", "sencache": "#d62728", "sencache-paper": "#ff9896", "seacache-hold": "#c49c94",
+    "none": "#444444", "sencache": "#d62728", "sencache-paper": "#ff9896", "diffusers-seacache-hold": "#c49c94",
     "magcache": "#1f77b4", "magcache-final": "#17becf", "magcache-fast": "#393b79",
     "teacache": "#2ca02c", "fixed": "#7f7f7f", "fixed-final": "#bcbd22", "fbcache": "#9467bd",
-    "seacache": "#8c564b", "taylorseer": "#e377c2", "diffusers-magcache": "#aec7e8", "dbcache": "#ff7f0e",
+    "seacache": "#8c564b", "seacache-paper": "#e7969c", "diffusers-seacache": "#5254a3", "taylorseer": "#e377c2",
+    "diffusers-magcache": "#aec7e8", "dbcache": "#ff7f0e",
 }
 MAX_VIDEO_ROWS = 6
 
@@ -74,6 +76,7 @@ def load_frames(path) -> dict[str, np.ndarray]:
 def table_rows(results: dict, primary_only: bool = False) -> list[dict]:
     """One row per method and setting (reference first), with the numbers the tables show."""
     ref = results["reference"]
+    with_tails(results)
     rows = [{"method": "none", "setting": "uncached reference", "nfe": ref["nfe"], "wall_s": ref["wall_s"],
              "speedup": 1.0, "psnr": None, "ssim": None, "lpips": None, "primary": True, "key": "none"}]
     for name in results.get("method_order", results["methods"]):
@@ -89,7 +92,8 @@ def table_rows(results: dict, primary_only: bool = False) -> list[dict]:
             label = f"{entry['param']}={s['value']:g}" if entry["param"] else "re-run of the reference"
             rows.append({"method": name, "setting": label, "nfe": s["nfe"], "wall_s": s["wall_s"],
                          "speedup": s["speedup"], "psnr": s["psnr"], "psnr_capped": s.get("psnr_capped"),
-                         "ssim": s["ssim"], "lpips": s["lpips"], "primary": s["primary"], "key": s["key"]})
+                         "ssim": s["ssim"], "lpips": s["lpips"], "primary": s["primary"], "key": s["key"],
+                         **{k: s.get(k) for k in TAIL_FIELDS}})
     return rows
 
 
@@ -103,15 +107,18 @@ def _psnr_text(row) -> str:
     return f"{row['psnr']:.2f}" + (" (identical)" if row.get("psnr_capped") else "")
 
 
-HEADER = ["method", "setting", "NFE", "time (s)", "speed-up", "PSNR (dB)", "SSIM", "LPIPS"]
+HEADER = ["method", "setting", "NFE", "time (s)", "speed-up", "PSNR (dB)", "SSIM", "LPIPS", "P10 PSNR",
+          "worst PSNR", "worst LPIPS", "broken", "schedules"]
 
 
 def _cells(row) -> list[str]:
     if row.get("skipped"):
-        return [row["method"], row["setting"], "–", "–", "–", "–", "–", "–"]
+        return [row["method"], row["setting"]] + ["–"] * (len(HEADER) - 2)
     return [row["method"], row["setting"], fmt_number(row["nfe"], ".1f"), fmt_number(row["wall_s"], ".2f"),
             fmt_number(row["speedup"], ".2f") + "×" if row["speedup"] is not None else "–", _psnr_text(row),
-            fmt_number(row["ssim"], ".4f"), fmt_number(row["lpips"], ".4f")]
+            fmt_number(row["ssim"], ".4f"), fmt_number(row["lpips"], ".4f"), fmt_number(row.get("psnr_p10"), ".2f"),
+            fmt_number(row.get("psnr_min"), ".2f"), fmt_number(row.get("lpips_max"), ".4f"),
+            fmt_number(row.get("broken"), "d"), fmt_number(row.get("schedules"), "d")]
 
 
 def markdown_table(results: dict) -> str:
@@ -119,7 +126,9 @@ def markdown_table(results: dict) -> str:
     jobs = len(results.get("jobs", []))
     lines = [f"# sencache compare: {T} steps, guidance {results['guidance_scale']:g}, {jobs} prompt x seed job(s)", "",
              "Fidelity against the uncached output of the same prompt and seed, on raw frames; means over jobs. "
-             f"PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos.", "",
+             f"PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos. The tail: "
+             f"10th-percentile and worst-pair PSNR, worst-pair LPIPS, broken clips (PSNR < {BROKEN_PSNR_DB:g} dB) "
+             "and distinct compute/reuse schedules over the jobs.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in table_rows(results):
         cells = _cells(row)
@@ -167,7 +176,7 @@ def pareto_curves(results: dict, metric: str) -> dict[str, tuple[tuple, tuple]]:
         if not entry or not entry["available"] or name == "none":
             continue
         pts = sorted((s["nfe"], s[metric]) for s in entry["settings"]
-                     if s[metric] is not None and not (metric == "psnr" and s.get("psnr_capped")))
+                     if s.get(metric) is not None and not (metric.startswith("psnr") and s.get("psnr_capped")))
         if pts:
             curves[name] = tuple(zip(*pts))
     return curves
@@ -175,8 +184,11 @@ def pareto_curves(results: dict, metric: str) -> dict[str, tuple[tuple, tuple]]:
 
 def _draw_curves(ax, results: dict, metric: str) -> None:
     curves = pareto_curves(results, metric)
+    tails = pareto_curves(results, "psnr_p10") if metric == "psnr" else {}
     for name, (xs, ys) in curves.items():
         ax.plot(xs, ys, "o-", color=COLORS.get(name), label=name, ms=4, lw=1.5)
+        if name in tails:  # the 10th percentile: one clip in ten is at or below this line
+            ax.plot(*tails[name], "--", color=COLORS.get(name), lw=0.9, alpha=0.8)
     T = results["num_inference_steps"]
     ax.axvline(T, color="#999999", ls=":", lw=1)
     # right-aligned: the line sits at the axis' right end, where a left-aligned label is cut off
@@ -207,8 +219,8 @@ def plot_pareto(results: dict, path) -> Path:
         ax.set_ylabel({"psnr": "PSNR vs uncached (dB)", "lpips": "LPIPS vs uncached"}[metric])
         ax.set_title(f"{metric.upper()} vs NFE ({better})", fontsize=10)
     _shared_legend(fig, axes)
-    fig.suptitle(f"Fidelity vs cost, {T} steps, mean over {len(results.get('jobs', []))} job(s) "
-                 f"(identical runs, PSNR = inf, not drawn)", fontsize=10)
+    fig.suptitle(f"Fidelity vs cost, {T} steps, mean over {len(results.get('jobs', []))} job(s); dashed: 10th "
+                 f"percentile PSNR (identical runs, PSNR = inf, not drawn)", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     path = Path(path)
     fig.savefig(path)
@@ -225,7 +237,7 @@ def plot_pareto_systems(systems: Sequence[tuple[str, dict]], path) -> Path:
         _draw_curves(ax, results, "psnr")
         ax.set_title(f"{title}: {len(results.get('jobs', []))} pairs, {results['num_inference_steps']} steps",
                      fontsize=10)
-    axes[0].set_ylabel("PSNR vs uncached (dB, higher is better)")
+    axes[0].set_ylabel("PSNR vs uncached (dB; solid mean, dashed 10th percentile)")
     _shared_legend(fig, axes)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = Path(path)
@@ -319,6 +331,32 @@ def _html_table(results: dict) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _html_equal_nfe(results: dict) -> str:
+    """The stored equal-NFE rows (``results["equal_nfe"]``) as a table: mean / 10th-percentile PSNR, worst pair and
+    broken clips per target; empty when the run tuned no budgets."""
+    block = results.get("equal_nfe") or {}
+    targets, rows = block.get("targets") or [], block.get("methods") or {}
+    if not targets or not rows:
+        return ""
+    head = "".join(f"<th>NFE {t:g}</th>" for t in targets)
+    body = []
+    for name, row in rows.items():
+        cells = []
+        for i in range(len(targets)):
+            if row["psnr"][i] is None:
+                cells.append("<td>–</td>")
+                continue
+            tail = [fmt_number((row.get(k) or [None] * len(targets))[i], spec)
+                    for k, spec in (("psnr_p10", ".2f"), ("psnr_min", ".2f"), ("broken", "d"))]
+            cells.append(f"<td>{row['psnr'][i]:.2f} / {tail[0]}<br><small>worst {tail[1]}, {tail[2]} broken"
+                         f"</small></td>")
+        body.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return (f"<h2>At equal NFE</h2><table><thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}"
+            f"</tbody></table><p class='note'>Mean / 10th-percentile PSNR (dB) interpolated to each NFE along the "
+            f"method's curve; worst pair's PSNR and clips below {BROKEN_PSNR_DB:g} dB from the nearest setting; "
+            f"– = not reached.</p>")
+
+
 def _prompt_list(prompts, seeds=None) -> str:
     items = "".join(f"<li>{html.escape(p)}</li>" for p in prompts)
     seed_text = f"<p>Seeds: {html.escape(', '.join(str(s) for s in seeds))}</p>" if seeds else ""
@@ -369,6 +407,7 @@ def html_page(results: dict, files: dict[str, Path]) -> str:
                  "pipeline call; speed-up = uncached time / method time (same machine, same run; noisy on a shared "
                  f"CPU). PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos. Highlighted "
                  "rows are the settings shown in the video and the schedule plot.</p>")
+    parts.append(_html_equal_nfe(results))
     if "schedule.png" in names:
         parts.append(f"<h2>Skip schedules</h2><img src='{names['schedule.png']}' alt='skip schedules'>")
     if "pareto.png" in names:
