@@ -147,3 +147,19 @@ def test_seacache_methods_run_by_name_and_record_their_settings():
         setting = spec.setting(0.3, ctx)
         assert setting["signal"] == ("modulated" if name == "seacache-paper" else "latent")
         assert setting["residual_order"] == (0 if name == "seacache-paper" else 1)
+
+
+def test_noise_level_reads_each_scheduler_family():
+    from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from sencache.adapter.noise_level import noise_level
+
+    flow = FlowMatchEulerDiscreteScheduler()
+    flow.set_timesteps(10)
+    assert noise_level(flow, None, 3, float(flow.timesteps[3])) == pytest.approx(float(flow.sigmas[3]))
+    assert noise_level(flow, 0.25, 3, 0.0) == 0.25  # the pipeline's own sigma (Wan's cache context) wins
+    ddim = CogVideoXDDIMScheduler()
+    ddim.set_timesteps(10)
+    t = int(ddim.timesteps[2])
+    assert noise_level(ddim, None, 2, float(t)) == pytest.approx(flow_sigma(float(ddim.alphas_cumprod[t])))
+    assert noise_level(None, None, 0, 500.0) == 0.5

@@ -10,8 +10,9 @@ Each entry (:class:`MethodSpec`) knows how to put its cache on a pipeline and ho
 
 Methods: ``none`` (no cache hooks at all: the reference); ours through :func:`sencache.enable` —
 ``sencache``, ``magcache``, ``magcache-final`` (last steps always computed: the strong control),
-``teacache``, ``fixed``, ``fixed-final``; diffusers' own caches through ``transformer.enable_cache`` —
-``fbcache``, ``seacache``, ``taylorseer``, ``diffusers-magcache``; and cache-dit's DBCache (``dbcache``)
+``teacache``, ``seacache`` (diffusers' SeaCache behaviour, on every architecture), ``seacache-paper``, ``fixed``,
+``fixed-final``; diffusers' own caches through ``transformer.enable_cache`` — ``fbcache``, ``diffusers-seacache``
+(Wan text-to-video only: the cross-check of ``seacache``), ``taylorseer``, ``diffusers-magcache``; and cache-dit's DBCache (``dbcache``)
 when ``cache_dit`` is importable.
 
 **Accounting.** Every handle carries a :class:`StepCounter`, made of plain torch hooks that no cache
