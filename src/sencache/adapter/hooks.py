@@ -169,6 +169,11 @@ class SenCacheBlockHook(ModelHook):
         if not self.is_tail:
             return output
         hidden, encoder = layout.unpack(output)
+        return self._hand_on(plan, mode, output, hidden, encoder)
+
+    def _hand_on(self, plan, mode: str, output, hidden, encoder):
+        """The last block: keep the computing rows' streams for the residual; in subset mode merge them into the
+        reused rows' streams."""
         plan.out_hidden, plan.out_encoder = hidden, encoder
         if mode != "subset":
             return output
@@ -176,7 +181,7 @@ class SenCacheBlockHook(ModelHook):
         merged_h = merged_h.index_copy(0, plan.rows, hidden)
         if encoder is not None:
             merged_e = merged_e.index_copy(0, plan.rows, encoder)
-        return layout.pack(merged_h, merged_e)
+        return self.layout.pack(merged_h, merged_e)
 
     def _decide_inside(self, plan, layout, args, kwargs):
         """Run the first block whole; its first attention layer's pre-hook decides. Skip: the rest of the
@@ -191,17 +196,10 @@ class SenCacheBlockHook(ModelHook):
         if not self.is_tail:
             return output
         hidden, encoder = layout.unpack(output)
-        if plan.mode == "subset":
+        if plan.mode == "subset":  # the block ran every row: keep the computing ones
             hidden = hidden.index_select(0, plan.rows)
             encoder = encoder.index_select(0, plan.rows) if encoder is not None else None
-        plan.out_hidden, plan.out_encoder = hidden, encoder
-        if plan.mode != "subset":
-            return output
-        merged_h, merged_e = self._reused_streams(plan)
-        merged_h = merged_h.index_copy(0, plan.rows, hidden)
-        if encoder is not None:
-            merged_e = merged_e.index_copy(0, plan.rows, encoder)
-        return layout.pack(merged_h, merged_e)
+        return self._hand_on(plan, plan.mode, output, hidden, encoder)
 
     @staticmethod
     def _reused_streams(plan):
