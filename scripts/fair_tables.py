@@ -18,7 +18,8 @@ TARGETS = [15, 20, 25, 30, 35]
 root = Path(__file__).resolve().parents[1]
 systems = {}
 for run, doc in RUNS.items():
-    src = root / "runs" / f"fair_{run}"
+    merged = root / "runs" / f"merged_{run}"  # with the closed-loop default (scripts/merge_loop_results.py)
+    src = merged if (merged / "results.json").exists() else root / "runs" / f"fair_{run}"
     results = json.loads((src / "results.json").read_text())
     results["equal_nfe"] = {"targets": TARGETS, "methods": equal_nfe(results, TARGETS)}
     out = root / "docs" / doc

@@ -359,7 +359,9 @@ def test_cli_calibrate_target_nfe(pipe, tmp_path, capsys):
     assert code == 0
     assert "budget: eps=" in capsys.readouterr().out
     saved = SensitivityProfile.load(out)
-    assert saved.metadata["target_nfe"] == 5
-    assert with_target(SenCacheConfig(saved), target_nfe=5).eps == saved.metadata["recommended_eps"]
+    loop = saved.metadata["loop"]  # the default rule is the closed loop: its calibration ran too
+    assert loop["target_nfe"] == 5 and "gain" in saved.curves
+    assert with_target(SenCacheConfig(saved), target_nfe=5).eps == loop["recommended_eps"]
+    assert recommended_eps(saved) == loop["recommended_eps"]
     assert main(["calibrate", "--model", str(model), "--prompts", str(prompts), "--steps", "8",
                  "--out", str(out), "--target-nfe", "9"]) == 2

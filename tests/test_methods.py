@@ -46,8 +46,19 @@ def baselines(pipe):
 
 
 @pytest.fixture(scope="module")
-def ctx(baselines):
-    return MethodContext(num_inference_steps=STEPS, profile=flat_profile(), baselines=baselines)
+def ctx(pipe, baselines):
+    from sencache.calibration.loop import calibrate_loop
+
+    profile = flat_profile()
+    calibrate_loop(pipe, profile, [PROMPT], num_inference_steps=STEPS, gain_every=2, progress=False)
+    return MethodContext(num_inference_steps=STEPS, profile=profile, baselines=baselines)
+
+
+def test_sencache_without_the_loop_calibration_says_what_to_do(baselines):
+    spec = get_method("sencache")
+    reason = spec.unavailable(MethodContext(num_inference_steps=STEPS, profile=flat_profile(), baselines=baselines))
+    assert reason and "closed-loop calibration" in reason and "sencache-schedule" in reason
+    assert get_method("sencache-schedule").unavailable(MethodContext(profile=flat_profile())) is None
 
 
 class RealRuns:
@@ -75,7 +86,7 @@ def aggressive(spec):
 
 
 def test_registry_holds_every_method():
-    assert set(METHODS) == {"none", "sencache", "sencache-paper", "magcache", "magcache-final", "magcache-fast", "teacache",
+    assert set(METHODS) == {"none", "sencache", "sencache-paper", "sencache-schedule", "magcache", "magcache-final", "magcache-fast", "teacache",
                             "fixed", "fixed-final",
                             "fbcache", "seacache", "seacache-paper", "diffusers-seacache",
                             "diffusers-seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}

@@ -23,6 +23,7 @@ from sencache.adapter.noise_level import noise_level
 from sencache.adapter.observers import CallEvent, SessionObserver
 from sencache.adapter.parallel import DecisionSync
 from sencache.adapter.plan import StackPlan
+from sencache.adapter.refresh_errors import refresh_errors
 from sencache.adapter.trace import Trace, TraceRecord
 from sencache.core.rules.base import Decision, StepInput, rms_per_sample
 from sencache.errors import SenCacheError
@@ -334,6 +335,8 @@ class CacheSession:
         rows_cpu = call.compute.nonzero().flatten() if rows is not None else None
         head_h = plan.head_hidden if rows is None else plan.head_hidden.index_select(0, rows)
         new_res = hidden - head_h
+        if call.branch == gen.decider_branch and getattr(self.rule, "measures_refresh", False):
+            self._report_refresh_errors(new_res, rows_cpu)
         self._store_residual(gen.residual, call.branch, rows_cpu, new_res)
         if self.observers:  # kept only for the end-of-call event: no extra device memory without observers
             call.residual = new_res.detach()
@@ -345,6 +348,23 @@ class CacheSession:
         gen.has_residual[call.branch] = have | call.compute
         if call.branch == gen.decider_branch:
             self.rule.observe_refresh(gen.rule_state, gen.step_input, call.compute.clone(), new_res)
+
+    def _report_refresh_errors(self, new_res: torch.Tensor, rows_cpu: torch.Tensor | None) -> None:
+        """Before the new residuals replace the cache: tell the rule what holding and forecasting would have given
+        the rows that just ran (their real errors for the interval that ended), measured on the device."""
+        gen, call, branch = self._gen, self._call, self._call.branch
+        batch = gen.batch
+        had = gen.has_residual.get(branch, torch.zeros(batch, dtype=torch.bool))
+        if branch in gen.residual and bool(had.any()):
+            last = self._cached(gen.residual, branch, new_res.device)
+            prev = self._cached(gen.residual_prev, branch, new_res.device) if branch in gen.residual_prev else None
+            nan = torch.full((batch,), math.nan, dtype=torch.float64)
+            hold, linear = refresh_errors(
+                new_res, rows_cpu, last, prev, self._clock(call), gen.refresh_t.get(branch, nan),
+                gen.prev_t.get(branch, nan), had, gen.step_input.rms)
+        else:
+            hold = linear = torch.full((batch,), math.nan, dtype=torch.float64)
+        self.rule.observe_errors(gen.rule_state, call.compute.clone(), hold, linear)
 
     def _guard(self, decision: Decision, step: int) -> Decision:
         """All ranks reuse a sample only if every rank's rule said so (all-reduce MIN of the mask)."""
@@ -391,6 +411,7 @@ class CacheSession:
         scores = decision.score.tolist() if decision.score is not None else [None] * gen.batch
         runs = gen.reuse_run.tolist()
         orders = decision.order.tolist() if decision.order is not None else [0] * gen.batch
+        predicted = decision.predicted.tolist() if decision.predicted is not None else [None] * gen.batch
         eps = None if decision.eps is None or math.isnan(decision.eps) else float(decision.eps)
         for row in range(gen.batch):
             done = computed[row]
@@ -399,6 +420,7 @@ class CacheSession:
                 computed=bool(done), score=_finite_or_none(scores[row]), eps=eps,
                 reuse_run=0 if done else int(runs[row]), reason=call.reasons[row],
                 forecast=0 if done else int(orders[row]), expert=gen.expert,
+                predicted_error=_finite_or_none(predicted[row]),
             ))
         gen.call_index += 1
         if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
@@ -535,7 +557,8 @@ def on_cpu(decision: Decision) -> Decision:
     reuse = decision.reuse.detach().to("cpu", torch.bool)
     order = decision.order.detach().to("cpu", torch.long) if decision.order is not None else None
     score = decision.score.detach().cpu() if decision.score is not None else None  # the trace reads it per row
-    return replace(decision, reuse=reuse, order=order, score=score)
+    predicted = decision.predicted.detach().cpu() if decision.predicted is not None else None
+    return replace(decision, reuse=reuse, order=order, score=score, predicted=predicted)
 
 
 def _finite_or_none(value) -> float | None:

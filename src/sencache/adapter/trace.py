@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class TraceRecord:
     reason: str = ""  # why: first, final, reuse, above_eps, max_reuse, no_residual, ...
     forecast: int = 0  # what a reused row got: 0 the held residual, 1 the linear forecast
     expert: str = "transformer"  # the denoising transformer that served the call (Wan 2.2: or "transformer_2")
+    predicted_error: float | None = None  # clip error (frame RMS) the row's reuses so far predict (closed loop)
 
 
 @dataclass
@@ -45,6 +47,15 @@ class Trace:
         """Steps in which the block stack ran for ``sample``."""
         return sorted({r.step for r in self.records if r.sample == sample and r.computed})
 
+    def predicted_errors(self) -> list[float]:
+        """Per sample, the clip error (frame RMS, frames in [0, 1]) its reuses predict at the end of the generation
+        (rules that predict one; empty otherwise)."""
+        last: dict[int, float] = {}
+        for r in self.records:
+            if r.predicted_error is not None:
+                last[r.sample] = r.predicted_error
+        return [last[s] for s in sorted(last)]
+
     def summary(self) -> dict:
         """Counts of the last generation: calls, computed, reused, steps, nfe (steps computed for any
         sample), nfe per sample, skipped steps and notes; with two experts, ``experts``: each one's steps and nfe.
@@ -65,6 +76,10 @@ class Trace:
             "skipped_steps": [s for s in steps if s not in computed_steps],
             "notes": list(self.notes),
         }
+        predicted = self.predicted_errors()
+        if predicted:  # the closed loop's forecast of each clip's quality (None: it reused nothing)
+            out["predicted_psnr_per_sample"] = [round(-20.0 * math.log10(e), 2) if e > 0 else None
+                                                for e in predicted]
         experts = list(dict.fromkeys(r.expert for r in self.records))
         if len(experts) > 1:  # which expert served which steps, and what each computed
             out["experts"] = {e: {"steps": sorted({r.step for r in self.records if r.expert == e}),

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from sencache.calibration.calibrate import calibrate
+from sencache.calibration.loop import calibrate_loop
 from sencache.calibration.videos import list_videos
 from sencache.cli.options import add_model_arguments, load_model, resolve_model
 from sencache.core.budget import recommend
@@ -46,6 +47,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--target-nfe", type=float, default=None,
                    help="also pick the eps whose simulated NFE on these trajectories is closest to this target "
                         "(stored as recommended_eps; sencache.budget.with_target(config, target_nfe=N) does the same in Python)")
+    p.add_argument("--loop-prompts", type=int, default=3,
+                   help="calibration prompts (the first N, seed --seed) on which the closed-loop rule's clip-error gain "
+                        "and replay tables are measured (default 3; 0 skips it: the rule falls back to the eps "
+                        "schedule)")
+    p.add_argument("--gain-every", type=int, default=3,
+                   help="measure the gain at every K-th step, one extra generation each (default 3)")
     p.set_defaults(func=run_cli)
 
 
@@ -54,6 +61,8 @@ def run_cli(args) -> int:
     check_int("--samples", args.samples, 1)
     check_int("--steps", args.steps, 2)
     check_int("--seed", args.seed, 0)
+    check_int("--loop-prompts", args.loop_prompts, 0)
+    check_int("--gain-every", args.gain_every, 1)
     for name in ("frames", "height", "width"):
         value = getattr(args, name)
         if value is not None:
@@ -85,6 +94,13 @@ def run_cli(args) -> int:
                         checkpoint=partial, resume=args.resume, **kwargs)
     if dist.is_main():
         profile.metadata["model_dir"] = str(model)
+        if args.loop_prompts and prompts:
+            info = calibrate_loop(pipe, profile, prompts[:args.loop_prompts], seeds=(args.seed,),
+                                  num_inference_steps=args.steps, gain_every=args.gain_every,
+                                  progress=not args.no_progress, call_kwargs=kwargs)
+            print(f"closed loop: clip-error gain at {len(info['gain_steps'])} steps on {len(info['prompts'])} "
+                  f"prompt(s), combine {info['combine']:.3g} ({info['seconds']:.0f} s)")
+            recommend(profile, args.steps / 2)
         if target_nfe is not None:
             budget = recommend(profile, target_nfe)
             print(f"budget: eps={budget['eps']:.4g} gives a simulated mean NFE of {budget['simulated_nfe']:g} "

@@ -48,6 +48,9 @@ def clip_name(index: int, prompt: str, seed: int) -> str:
 def attach_cache(args, pipe):
     """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
 
+    if getattr(args, "target_psnr", None) is not None and (args.cache != "sencache" or args.preset):
+        raise SenCacheError("--target-psnr is the closed-loop SenCache's quality target; use it with --cache sencache "
+                            "and without --preset")
     if args.preset and args.cache != "sencache":
         raise SenCacheError(f"--preset sets SenCache's own settings; use it with --cache sencache (not {args.cache})")
     spec = get_method(args.cache)
@@ -61,6 +64,8 @@ def attach_cache(args, pipe):
         if args.preset:
             overrides = {} if value is None else {"eps": value}
             return SessionHandle(pipe, SenCacheConfig.preset(args.preset, ctx.profile, **overrides))
+        if getattr(args, "target_psnr", None) is not None:
+            return SessionHandle(pipe, SenCacheConfig(ctx.profile, eps=value, target_psnr=args.target_psnr))
         if value is None:
             value = recommended_eps(ctx.profile)
     if "baselines" in spec.needs:
@@ -79,6 +84,9 @@ def run_jobs(args) -> int:
     """``sencache generate``: every prompt x seed (sharded under torchrun), clips and records written."""
     set_threads(args.threads)
     dist.init_if_needed()
+    target = getattr(args, "target_psnr", None)
+    if target is not None and not (np.isfinite(target) and target > 0):
+        raise SenCacheError(f"--target-psnr must be a number of dB > 0 (got {target:g})")
     prompts = [args.prompt] if args.prompt else read_prompts(args.prompts)
     jobs = [(p, s) for p in prompts for s in args.seeds]
     single = len(jobs) == 1 and not args.prompts
@@ -107,10 +115,16 @@ def run_jobs(args) -> int:
         session = active_session(pipe)
         if session is not None and args.trace:
             session.trace.save(Path(str(stem) + ".trace.json"))
-        records.append({"index": index, "prompt": prompt, "seed": seed, "cache": args.cache,
-                        "nfe": summary["nfe"], "steps": args.steps, "seconds": round(result.seconds, 3),
-                        "files": [str(p) for p in paths]})
-        print(f"{prompt!r} seed {seed}: NFE {summary['nfe']}/{args.steps}, {result.seconds:.2f} s -> {paths[0]}")
+        record = {"index": index, "prompt": prompt, "seed": seed, "cache": args.cache,
+                  "nfe": summary["nfe"], "steps": args.steps, "seconds": round(result.seconds, 3),
+                  "files": [str(p) for p in paths]}
+        predicted = summary.get("predicted_psnr_per_sample") or (summary.get("trace") or {}).get(
+            "predicted_psnr_per_sample")
+        if predicted:
+            record["predicted_psnr"] = predicted[0]
+        records.append(record)
+        note = f", predicted PSNR {predicted[0]:.1f} dB" if predicted and predicted[0] is not None else ""
+        print(f"{prompt!r} seed {seed}: NFE {summary['nfe']}/{args.steps}{note}, {result.seconds:.2f} s -> {paths[0]}")
     gathered = dist.gather_objects(records)
     if not dist.is_main():
         return 0
@@ -133,6 +147,9 @@ def add_cli(sub) -> None:
                    "fbcache, seacache, taylorseer, dbcache, ... (see `sencache compare --help`)")
     p.add_argument("--eps", type=float, default=None,
                    help="the method's threshold (SenCache: eps; default: the profile's recommended eps)")
+    p.add_argument("--target-psnr", type=float, default=None,
+                   help="SenCache's quality target (dB against the uncached clip): each sample reuses while its "
+                        "predicted PSNR stays at or above it; needs a profile with the closed-loop calibration")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the paper's (or the reference code's) published settings for a model, on --profile "
                         "(--eps still overrides its eps); see the README's presets table")

@@ -34,6 +34,7 @@ import logging
 import math
 from dataclasses import replace
 
+from sencache.core.loop_replay import solve_loop_eps
 from sencache.core.replay import fixed_eps_start, solve_eps
 from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE, as_schedule
@@ -64,8 +65,8 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
         raise SenCacheError("give target_nfe or target_speedup, not both")
     if target_nfe is None and target_speedup is None:
         raise SenCacheError("give target_nfe or target_speedup")
-    traj = trajectories_of(config.profile)
-    T = traj.num_steps
+    traj = None if config.loop else trajectories_of(config.profile)
+    T = config.profile.metadata["loop"]["num_inference_steps"] if config.loop else traj.num_steps
     if target_speedup is not None:
         x = target_speedup
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 1:
@@ -75,17 +76,26 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
         target = target_nfe
         if isinstance(target, bool) or not isinstance(target, (int, float)):
             raise SenCacheError(f"target_nfe must be a number (got {target!r})")
+    if config.loop:  # the closed loop replays on its own calibration runs
+        result = solve_loop_eps(config, target)
+        chosen = replace(config, eps=result["eps"], budget=result)
+        _warn_out_of_reach(config, target, result, chosen.eps)
+        return chosen
     given = fixed_eps_start(config)
     result = solve_eps(config, target, traj, eps_start=given)
     result["eps_start_given"] = given is not None
     chosen = replace(config, eps=result["eps"], eps_start=given, budget=result)
+    _warn_out_of_reach(config, target, result, chosen.eps)
+    return chosen
+
+
+def _warn_out_of_reach(config, target: float, result: dict, eps: float) -> None:
     if abs(result["simulated_nfe"] - target) > 0.5:
         lo, hi = result["reachable_nfe"]
         logger.warning(
             f"sencache: target NFE {target:g} is out of reach with max_reuse={config.max_reuse}, "
-            f"final_steps={config.final_steps} (simulated NFE spans {lo:g}..{hi:g}); using eps={chosen.eps:.4g} "
+            f"final_steps={config.final_steps} (simulated NFE spans {lo:g}..{hi:g}); using eps={eps:.4g} "
             f"(simulated NFE {result['simulated_nfe']:g})")
-    return chosen
 
 
 def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
@@ -94,6 +104,9 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
 
     config = with_target(SenCacheConfig(profile, **config_kwargs), float(target_nfe))
     budget = dict(config.budget)
+    if config.loop:
+        profile.metadata["loop"].update(recommended_eps=config.eps, target_nfe=float(target_nfe), budget=budget)
+        return budget
     profile.metadata["recommended_eps"] = config.eps
     profile.metadata["target_nfe"] = float(target_nfe)
     profile.metadata["budget"] = budget
@@ -108,6 +121,9 @@ def recommended_eps(profile, default: float | None = None) -> float | None:
     trajectories, ε is solved again here for the stored ``target_nfe`` (an offline replay, no model call),
     with a log line saying so."""
     meta = profile.metadata
+    if SenCacheConfig(profile, eps=0.0).loop:  # the closed loop keeps its own tolerance
+        eps = (meta.get("loop") or {}).get("recommended_eps")
+        return float(eps) if isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0 else default
     eps = meta.get("recommended_eps")
     if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         return default

@@ -32,8 +32,9 @@ def setting_key(method: str, steps: int, target_nfe: float, guidance: float, pro
     key = f"{method}|T={steps}|nfe={target_nfe:g}|g={guidance:g}"
     if method == "sencache" and profile is not None:
         digest = hashlib.sha256(json.dumps(profile.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        forecast = SenCacheConfig(profile).forecast
-        key += f"|profile={digest}|forecast={forecast}|schedule={DEFAULT_EPS_SCHEDULE}"  # one rule's threshold
+        default = SenCacheConfig(profile, eps=0.0)
+        rule = "loop" if default.loop else f"forecast={default.forecast}|schedule={DEFAULT_EPS_SCHEDULE}"
+        key += f"|profile={digest}|{rule}"  # one rule's threshold
     return key
 
 

@@ -55,6 +55,8 @@ class Decision:
         eps: the threshold the score was compared with at this step.
         reason: per-sample reasons for the trace ("first", "final", "reuse", "above_eps", "max_reuse", ...).
         order: (B,) int, 0 = hold the cached residual, 1 = extrapolate it linearly in t; None = hold all.
+        predicted: (B,) float, the clip error (frame RMS, frames in [0, 1]) the sample's reuses so far predict, for
+            rules that predict it (the closed-loop SenCache); None otherwise.
     """
 
     reuse: torch.Tensor  # (B,) bool
@@ -64,6 +66,7 @@ class Decision:
     # (B,) int, what a reusing sample gets: 0 the cached residual held (the paper), 1 the residual extrapolated
     # linearly in the timestep from the sample's last two refreshes. None: hold for every sample.
     order: torch.Tensor | None = None
+    predicted: torch.Tensor | None = None  # (B,) predicted clip error of the reuses so far (closed-loop rules)
 
 
 class Rule(Protocol):

@@ -38,9 +38,12 @@ import torch
 
 from sencache.core.change import forecast_change, guarded_forecast_change, predicted_change
 from sencache.core.correction import correction_normaliser, normaliser_at
+from sencache.core.loop import loop_calibration
+from sencache.core.loop_replay import eps_for_psnr
 from sencache.core.presets import preset_settings
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
+from sencache.core.rules.sencache_loop import SenCacheLoopRule
 from sencache.core.schedule import (
     DEFAULT_EPS_SCHEDULE,
     as_schedule,
@@ -91,10 +94,18 @@ class SenCacheConfig:
         correction_momentum: weight of the old factor in the running mean, in [0, 1).
         budget: filled by budget mode (:func:`sencache.budget.with_target`): target, chosen eps, simulated
             NFE, plateau; None otherwise.
+        loop: the closed-loop rule (:mod:`sencache.core.rules.sencache_loop`): each sample's reuse error is learned
+            from its own refreshes and priced by the clip-error gain measured at calibration; ``eps`` is then the
+            tolerance on that price (frame RMS error of the final clip per reused step, frames in [0, 1]) and the
+            warm-up, ε schedule, forecast and correction settings do not apply. None (default): on when the profile
+            carries the gain (``sencache calibrate`` measures it), else the ε-schedule rule above.
+        target_psnr: closed loop only: each sample reuses while its predicted clip PSNR stays at or above this (dB);
+            ``eps`` None then picks the tolerance by replaying the rule on the calibration runs.
+        learn_momentum: closed loop: weight of the old learned ratio in the geometric running mean, in [0, 1).
     """
 
     profile: SensitivityProfile
-    eps: float = 0.1
+    eps: float | None = None
     eps_start: float | None = None
     warmup_fraction: float = 0.2
     max_reuse: int = 3
@@ -106,6 +117,9 @@ class SenCacheConfig:
     correction_bounds: tuple = (0.5, 2.0)
     correction_momentum: float = 0.5
     budget: dict | None = field(default=None, repr=False)
+    loop: bool | None = None
+    target_psnr: float | None = None
+    learn_momentum: float = 0.5
     eps_start_tied: bool = field(default=True, init=False, repr=False)  # eps_start follows eps / 10
     preset_source: str | None = field(default=None, init=False, repr=False)  # set by preset()
     # accepted only to say where budget mode went (it ran a solver inside the config before)
@@ -126,6 +140,7 @@ class SenCacheConfig:
                 "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
                 "or measure one with `sencache calibrate`"
             )
+        self._check_loop()
         self.eps_schedule = as_schedule(self.eps_schedule)
         if self.forecast is None:  # the default: forecast by predicted error where the profile allows it
             self.forecast = "auto" if "jtt" in self.profile.curves else "hold"
@@ -154,6 +169,32 @@ class SenCacheConfig:
         if not isinstance(self.final_steps, int) or self.final_steps < 0:
             raise SenCacheError(f"final_steps must be an integer >= 0 (got {self.final_steps!r})")
 
+    def _check_loop(self) -> None:
+        """Resolve ``loop`` and, for the closed loop, ``eps`` (given, for ``target_psnr``, or the profile's)."""
+        has_gain = "gain" in self.profile.curves and isinstance(self.profile.metadata.get("loop"), dict)
+        if self.loop is None:
+            self.loop = has_gain
+        m = self.learn_momentum
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+            raise SenCacheError(f"learn_momentum must be in [0, 1) (got {m!r})")
+        p = self.target_psnr
+        if p is not None:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+                raise SenCacheError(f"target_psnr must be a number of dB > 0 (got {p!r})")
+            if not self.loop:
+                raise SenCacheError("target_psnr needs the closed-loop rule: a profile with the clip-error gain "
+                                    "(measured by `sencache calibrate`)")
+        if not self.loop:
+            if self.eps is None:
+                self.eps = 0.1
+            return
+        loop_calibration(self.profile)  # a clear error now, not mid-generation
+        if self.eps is None:
+            if p is not None:
+                self.eps = eps_for_psnr(self, p)
+            else:
+                self.eps = self.profile.metadata["loop"].get("recommended_eps", 0.0)
+
     def _check_correction(self) -> None:
         try:
             lo, hi = (float(v) for v in self.correction_bounds)
@@ -181,7 +222,7 @@ class SenCacheConfig:
         if have and have != model_class:
             raise SenCacheError(f"preset {name!r} is for {model_class}, but the profile was measured on {have}; "
                                 f"pick a preset for {have} (or calibrate and use budget mode)")
-        config = cls(profile, **{**settings, **overrides})
+        config = cls(profile, **{"loop": False, **settings, **overrides})
         config.preset_source = f"{name}: {source}"
         return config
 
@@ -190,7 +231,7 @@ class SenCacheConfig:
         """Exactly the paper's rule: hold the cached residual, a constant ε after the warm-up (ε_start = ε/10
         for the first 20 % of the steps), at most 3 reuses in a row, the last step always computed."""
         settings = dict(eps=eps, eps_start=None, warmup_fraction=0.2, max_reuse=3, final_steps=1,
-                        eps_schedule="constant", forecast="hold", correction=False)
+                        eps_schedule="constant", forecast="hold", correction=False, loop=False)
         return cls(profile, **{**settings, **overrides})
 
     def warmup_steps(self, num_steps: int) -> int:
@@ -198,12 +239,14 @@ class SenCacheConfig:
         return round(self.warmup_fraction * num_steps)
 
     def eps_at(self, step: int, num_steps: int) -> float:
-        """The threshold ε in force at ``step`` of ``num_steps``."""
+        """The threshold ε in force at ``step`` of ``num_steps`` (the closed loop: λ at every step)."""
+        if self.loop:
+            return float(self.eps)
         return threshold(self.eps, self.eps_start, step, num_steps, self.warmup_steps(num_steps), self.eps_schedule)
 
-    def build_rule(self) -> "SenCacheRule":
-        """A fresh :class:`SenCacheRule` for the adapter."""
-        return SenCacheRule(self)
+    def build_rule(self):
+        """A fresh rule for the adapter: :class:`SenCacheLoopRule` (closed loop) or :class:`SenCacheRule`."""
+        return SenCacheLoopRule(self) if self.loop else SenCacheRule(self)
 
 
 # --------------------------------------------------------------------------------------------
