@@ -12,7 +12,8 @@ from sencache.harness.compare import write_outputs
 from sencache.harness.equal_nfe import equal_nfe, equal_nfe_table
 from sencache.harness.report import plot_pareto_systems
 
-RUNS = {"wan": "compare_nfe", "wan_fresh": "compare_fresh", "cogvideox": "compare_cogvideox", "ltx": "compare_ltx"}
+RUNS = {"wan": "compare_nfe", "wan_fresh": "compare_fresh", "cogvideox": "compare_cogvideox", "ltx": "compare_ltx",
+        "draw_wan": "compare_draw_wan", "draw_cogvideox": "compare_draw_cogvideox", "draw_ltx": "compare_draw_ltx"}
 TARGETS = [15, 20, 25, 30, 35]
 
 root = Path(__file__).resolve().parents[1]
@@ -20,6 +21,9 @@ systems = {}
 for run, doc in RUNS.items():
     merged = root / "runs" / f"merged_{run}"  # with the closed-loop default (scripts/merge_loop_results.py)
     src = merged if (merged / "results.json").exists() else root / "runs" / f"fair_{run}"
+    if not (src / "results.json").exists():
+        print(f"## {run}: no results yet ({src})")
+        continue
     results = json.loads((src / "results.json").read_text())
     results["equal_nfe"] = {"targets": TARGETS, "methods": equal_nfe(results, TARGETS)}
     out = root / "docs" / doc

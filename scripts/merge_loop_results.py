@@ -1,7 +1,12 @@
-"""Put the closed-loop default (runs/loop_<system>, `sencache` only, same pairs, targets and protocol) into the
-five-budget comparisons (runs/fair_<system>), where the rule before it becomes `sencache-schedule`:
-writes runs/merged_<system>/results.json. Then: python scripts/fair_tables.py (reads merged_ where present).
-    python scripts/merge_loop_results.py
+"""Combine the runs of #37 into one results.json per pair set (same pairs, targets and protocol in every run; a
+method's thresholds are tuned on the calibration prompt in each run, so they agree across runs):
+
+* standing sets: runs/fair_<s> (every peer; its `sencache` is the rule before the closed loop, renamed
+  `sencache-schedule`), runs/loop_auto_<s> (the closed loop choosing hold or forecast: `sencache-auto`) and
+  runs/loop_<s> (the closed loop, holding: the new default `sencache`) -> runs/merged_<s>/results.json;
+* the new draw: runs/draw_<s> (peers and `sencache-auto`; Wan in two halves, seeds 201 and 202) and
+  runs/drawloop_<s> (the default) -> runs/merged_draw_<s>/results.json.
+    python scripts/merge_loop_results.py && python scripts/fair_tables.py
 """
 
 from __future__ import annotations
@@ -9,36 +14,85 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OLD, NEW = "sencache", "sencache-schedule"
+from sencache.harness.tails import with_tails
+
 root = Path(__file__).resolve().parents[1] / "runs"
+MEANS = ("nfe", "nfe_fraction", "wall_s", "speedup", "psnr", "ssim", "lpips")
+TAILS = ("psnr_p10", "psnr_min", "lpips_max", "broken", "schedules", "pairs")
 
 
-def renamed(key: str) -> str:
-    return NEW + key[len(OLD):] if key == OLD or key.startswith(OLD + "@") else key
+def load(name: str) -> dict | None:
+    path = root / name / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-for system in ("wan", "wan_fresh", "cogvideox", "ltx"):
-    fair, loop = root / f"fair_{system}" / "results.json", root / f"loop_{system}" / "results.json"
-    if not (fair.exists() and loop.exists()):
-        print(f"{system}: skipped (needs {fair} and {loop})")
-        continue
-    base, new = json.loads(fair.read_text()), json.loads(loop.read_text())
-    base["methods"] = {renamed(k): v for k, v in base["methods"].items()}
-    for s in base["methods"][NEW]["settings"]:
-        s["key"] = renamed(s["key"])
-        s["setting"]["method"] = NEW
-    base["tuning"] = {renamed(k): v for k, v in base["tuning"].items()}
-    base["method_order"] = [OLD] + [renamed(m) for m in base["method_order"]]
-    base["methods"] = {OLD: new["methods"][OLD], **base["methods"]}
-    base["tuning"] = {OLD: new["tuning"][OLD], **base["tuning"]}
-    runs_of = {(j["prompt"], j["seed"]): j["runs"] for j in new["jobs"]}
+def renamed(results: dict, old: str, new: str) -> dict:
+    """``results`` with method ``old`` called ``new`` everywhere (settings, tuning, order, job runs)."""
+    def key(k: str) -> str:
+        return new + k[len(old):] if k == old or k.startswith(old + "@") else k
+    out = dict(results)
+    out["methods"] = {key(k): v for k, v in results["methods"].items()}
+    for s in out["methods"].get(new, {}).get("settings", []):
+        s["key"] = key(s["key"])
+        s["setting"]["method"] = new
+    out["tuning"] = {key(k): v for k, v in results.get("tuning", {}).items()}
+    out["method_order"] = [key(m) for m in results["method_order"]]
+    for job in out["jobs"]:
+        job["runs"] = {key(k): {**v, "method": key(v.get("method", ""))} for k, v in job["runs"].items()}
+    return out
+
+
+def halves(a: dict, b: dict) -> dict:
+    """Two runs over disjoint pairs with the same settings: means averaged by pair count, pairs joined."""
+    out = dict(a)
+    out["jobs"] = a["jobs"] + b["jobs"]
+    out["seeds"] = sorted(set(a["seeds"]) | set(b["seeds"]))
+    for m, entry in out["methods"].items():
+        for sa, sb in zip(entry.get("settings", []), b["methods"][m].get("settings", [])):
+            assert sa["key"] == sb["key"], (sa["key"], sb["key"])
+            na, nb = len(sa["per_prompt"]), len(sb["per_prompt"])
+            for k in MEANS:
+                if sa.get(k) is not None and sb.get(k) is not None:
+                    sa[k] = (sa[k] * na + sb[k] * nb) / (na + nb)
+            sa["per_prompt"] = sa["per_prompt"] + sb["per_prompt"]
+            for k in TAILS:
+                sa.pop(k, None)
+    return out
+
+
+def insert(base: dict, extra: dict, method: str) -> dict:
+    """``base`` with ``extra``'s ``method`` (same pairs) added in front."""
+    base["methods"] = {method: extra["methods"][method], **base["methods"]}
+    base["tuning"] = {method: extra["tuning"][method], **base.get("tuning", {})}
+    base["method_order"] = [method] + [m for m in base["method_order"] if m != method]
+    runs_of = {(j["prompt"], j["seed"]): j["runs"] for j in extra["jobs"]}
     for job in base["jobs"]:
-        runs = {renamed(k): {**v, "method": renamed(v.get("method", ""))} for k, v in job["runs"].items()}
-        job["runs"] = {**runs_of[(job["prompt"], job["seed"])], **runs}
-    base.pop("equal_nfe", None)
-    base.setdefault("notes", []).append(f"{OLD}: the closed-loop rule, run separately on the same pairs "
-                                        f"({loop.parent.name}); {NEW}: the rule before it")
-    out = root / f"merged_{system}"
+        job["runs"] = {**runs_of[(job["prompt"], job["seed"])], **job["runs"]}
+    return base
+
+
+def write(name: str, results: dict, note: str) -> None:
+    results.pop("equal_nfe", None)
+    results.setdefault("notes", []).append(note)
+    out = root / name
     out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(base, indent=1))
-    print(f"{system}: {len(base['jobs'])} pairs merged -> {out}")
+    (out / "results.json").write_text(json.dumps(with_tails(results), indent=1))
+    print(f"{name}: {len(results['jobs'])} pairs, methods {', '.join(results['method_order'])}")
+
+
+for s in ("wan", "wan_fresh", "cogvideox", "ltx"):
+    fair, auto, hold = load(f"fair_{s}"), load(f"loop_auto_{s}"), load(f"loop_{s}")
+    if fair and hold:
+        merged = renamed(fair, "sencache", "sencache-schedule")
+        if auto:
+            merged = insert(merged, renamed(auto, "sencache", "sencache-auto"), "sencache-auto")
+        write(f"merged_{s}", insert(merged, hold, "sencache"),
+              "sencache: the closed loop (holding), run separately on these pairs; sencache-auto: the closed loop "
+              "choosing hold or forecast; sencache-schedule: the rule before the closed loop")
+for s in ("wan", "cogvideox", "ltx"):
+    draw = halves(load("draw_wan_a"), load("draw_wan_b")) if s == "wan" else load(f"draw_{s}")
+    hold = load(f"drawloop_{s}")
+    if draw and hold:
+        write(f"merged_draw_{s}", insert(renamed(draw, "sencache", "sencache-auto"), hold, "sencache"),
+              "the new draw of #37 (docs/draw37_prompts.txt); sencache-auto: the closed loop choosing hold or "
+              "forecast; sencache: the default (holding), run separately on the same pairs")

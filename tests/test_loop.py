@@ -135,7 +135,7 @@ def test_a_refresh_reports_the_real_hold_and_forecast_errors(calibrated):
             times.append(float(event.timestep.reshape(-1)[0]))
 
     record_uncached(pipe, lambda: generate(pipe, PROMPTS[0], 0, num_inference_steps=STEPS, **call_kwargs()), keep)
-    config = SenCacheConfig(profile, eps=0.0)  # λ = 0: every step computes, every step reports
+    config = SenCacheConfig(profile, eps=0.0, forecast="auto")  # λ = 0: every step computes and reports
     rule = config.build_rule()
     seen = []
     original = type(rule).observe_errors

@@ -63,7 +63,7 @@ def replay(config, lams, target_psnr: float | None = None) -> dict:
             two = prev >= 0
             p = prev.clamp_min(0)
             s1 = forecast_change(jtt[ref], (ts[k] - ts[ref]).abs(), (ts[k] - ts[p]).abs())
-            s1 = torch.where(two, s1, torch.full_like(s1, math.inf))
+            s1 = torch.where(two & (config.forecast != "hold"), s1, torch.full_like(s1, math.inf))
             verdict = decide_rows(rows, s, s1, gain[k], lam, budget, config.max_reuse,
                                   forced=config.final_steps > 0 and k >= T - config.final_steps)
             advance_rows(rows, verdict)

@@ -84,7 +84,8 @@ class SenCacheConfig:
             ``"auto"`` per sample and step whichever has the smaller predicted error — S for holding, S₁ =
             ½·‖d²f/dt²‖·|t − t_ref|·|t − t_prev| for the linear forecast (needs the profile's ``jtt`` curve) —
             and reuse iff that error is ≤ ε(step). None (default): ``"auto"`` when the profile has the curve,
-            else ``"hold"``. :meth:`paper` gives the paper's rule exactly.
+            else ``"hold"``; with the closed loop ``"hold"`` (``"auto"`` lets it choose by its learned errors).
+            :meth:`paper` gives the paper's rule exactly.
         forecast_guard: with ``"auto"``, a sample forecasts only while also S ≤ ``forecast_guard``·ε(step)
             (its S₁ is taken as max(S₁, S / forecast_guard)); None (default): no such bound. S₁ depends only
             on the refresh times, so without the guard samples that refreshed together decide together.
@@ -189,6 +190,8 @@ class SenCacheConfig:
                 self.eps = 0.1
             return
         loop_calibration(self.profile)  # a clear error now, not mid-generation
+        if self.forecast is None:  # the closed loop holds: its learned forecasts lost on the design prompts
+            self.forecast = "hold"
         if self.eps is None:
             if p is not None:
                 self.eps = eps_for_psnr(self, p)

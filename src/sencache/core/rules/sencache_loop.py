@@ -52,11 +52,12 @@ class SenCacheLoopRule:
     """Reuse while the predicted clip error of the reuse stays under λ (and the sample's budget); learn per sample."""
 
     name = "sencache"
-    forecasts = True  # the adapter keeps the refresh before the last (for the forecast and its measured error)
     measures_refresh = True  # the adapter reports the real hold / forecast error at every refresh
 
     def __init__(self, config):
         self.config = config
+        # forecasting ("auto"): the adapter keeps the refresh before the last, for the forecast and its measured error
+        self.forecasts = config.forecast != "hold"
         info = loop_calibration(config.profile)
         self.combine = float(info["combine"])
         self.calibrated_steps = int(info["num_inference_steps"])
@@ -80,7 +81,8 @@ class SenCacheLoopRule:
         dx = inp.rms(inp.latent - state.x_ref.to(inp.latent.device, inp.latent.dtype)).double().cpu()
         state.s_hold = predicted_change(state.jx_ref, dx, state.jt_ref, (t - state.t_ref).abs())
         s1 = forecast_change(state.jtt_ref, (t - state.t_ref).abs(), (t - state.t_prev).abs())
-        state.s_lin = torch.where(torch.isfinite(state.t_prev), s1, torch.full_like(s1, math.inf))
+        can_forecast = torch.isfinite(state.t_prev) & (cfg.forecast != "hold")
+        state.s_lin = torch.where(can_forecast, s1, torch.full_like(s1, math.inf))
         gain = step_gain(cfg.profile, t, inp.num_steps, self.calibrated_steps)
         final = in_final_steps(inp.step, inp.num_steps, cfg.final_steps)
         verdict = decide_rows(state.rows, state.s_hold, state.s_lin, gain, float(cfg.eps), state.budget,
