@@ -105,6 +105,7 @@ def load_profile(pipe, model_info: dict, steps: int, profile_path: str | None = 
     fresh ``calibrate(pipe, calibration prompts, num_inference_steps=steps, num_samples=num_samples)``."""
     from sencache import SensitivityProfile
     from sencache.calibration.calibrate import calibrate
+    from sencache.calibration.loop import calibrate_loop
     from sencache.demo_model import DEFAULT_PROFILE
 
     path = Path(profile_path) if profile_path else None
@@ -119,6 +120,7 @@ def load_profile(pipe, model_info: dict, steps: int, profile_path: str | None = 
     prompts = calibration_prompts(max(1, num_samples))
     log(f"calibrating a profile: {num_samples} sample(s) x {steps} steps (no shipped profile for this model)")
     profile = calibrate(pipe, prompts, num_inference_steps=steps, num_samples=num_samples, progress=False)
+    calibrate_loop(pipe, profile, prompts[:1], num_inference_steps=steps, gain_every=max(1, steps // 8), progress=False)
     return profile, {"source": "calibrated", "path": None, "num_samples": num_samples, "num_inference_steps": steps,
                      "prompts": prompts, "seconds": round(time.perf_counter() - start, 2)}
 

@@ -54,11 +54,16 @@ def ctx(pipe, baselines):
     return MethodContext(num_inference_steps=STEPS, profile=profile, baselines=baselines)
 
 
-def test_sencache_without_the_loop_calibration_says_what_to_do(baselines):
-    spec = get_method("sencache")
-    reason = spec.unavailable(MethodContext(num_inference_steps=STEPS, profile=flat_profile(), baselines=baselines))
-    assert reason and "closed-loop calibration" in reason and "sencache-schedule" in reason
-    assert get_method("sencache-schedule").unavailable(MethodContext(profile=flat_profile())) is None
+def test_sencache_without_the_loop_calibration_is_the_schedule_rule(ctx):
+    """An older profile (no clip-error gain) keeps working: `sencache` is then the ε-schedule rule."""
+    from sencache.core.rules.sencache import SenCacheRule
+    from sencache.core.rules.sencache_loop import SenCacheLoopRule
+    from sencache.harness.methods import ours_config
+
+    old = MethodContext(num_inference_steps=STEPS, profile=flat_profile())
+    assert isinstance(ours_config("sencache", 0.1, old).build_rule(), SenCacheRule)
+    assert isinstance(ours_config("sencache", 0.001, ctx).build_rule(), SenCacheLoopRule)
+    assert not ours_config("sencache-schedule", 0.1, ctx).loop
 
 
 class RealRuns:

@@ -142,7 +142,7 @@ class MethodSpec:
     sweep: tuple = ()
     integer: bool = False  # the parameter is an integer (interval)
     higher_is_faster: bool = True
-    needs: tuple[str, ...] = ()  # "profile", "loop", "baselines", "cache_dit", "two_blocks", "one_expert", "sea_adapter"
+    needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks", "one_expert", "sea_adapter"
     _settings: Callable[[Any, MethodContext], dict] = field(default=None, repr=False)
     _attach: Callable[[Any, Any, dict, MethodContext], tuple[Callable[[], None], Callable[[], dict] | None]] = field(
         default=None, repr=False)
@@ -174,9 +174,6 @@ class MethodSpec:
             return "skipped: cache-dit not installed"
         if "profile" in self.needs and ctx.profile is None:
             return "skipped: no sensitivity profile (run `sencache calibrate`)"
-        if "loop" in self.needs and ctx.profile is not None and "gain" not in ctx.profile.curves:
-            return ("skipped: the profile has no closed-loop calibration (made before it: run `sencache calibrate` "
-                    "again; `sencache-schedule` is the rule that runs on it)")
         if "baselines" in self.needs and ctx.baselines is None:
             return "skipped: no calibrated baselines (baselines.json)"
         if "diffusers_ratios" in self.needs and ctx.baselines is not None and not ctx.baselines.diffusers_magcache_ratios:
@@ -509,7 +506,7 @@ METHODS: dict[str, MethodSpec] = {
         _spec("sencache", "ours", "SenCache (default): per sample, hold or forecast the cache while the clip error "
               "that reuse is predicted to cost (learned from the sample's refreshes, priced by the calibrated gain) "
               "stays <= eps", "eps", 0.001,
-              (0.0001, 0.0003, 0.001, 0.003, 0.01), needs=("profile", "loop"), settings=_ours_settings("sencache"),
+              (0.0001, 0.0003, 0.001, 0.003, 0.01), needs=("profile",), settings=_ours_settings("sencache"),
               attach=_attach_ours("sencache")),
         _spec("sencache-schedule", "ours", "SenCache before the closed loop: hold or forecast, whichever predicted "
               "error is smaller, while it stays <= eps(step) (warm-up, power2 schedule)", "eps", 0.1,
