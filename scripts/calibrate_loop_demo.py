@@ -25,7 +25,7 @@ for name in sys.argv[1:] or ["weights", "weights_cogvideox", "weights_ltx"]:
     profile = SensitivityProfile.load(path)
     prompts = (folder / "calibration_prompts.txt").read_text().splitlines()[:3]
     info = calibrate_loop(pipe, profile, prompts, seeds=(0,), gain_every=3, progress=False)
-    budget = recommend(profile, 25)
+    budget = recommend(profile, 25, loop=True)
     profile.save(path)
     print(f"{name}: combine {info['combine']:.3g}, {info['seconds']:.0f} s, recommended eps {budget['eps']:.3g} "
           f"(replayed NFE {budget['simulated_nfe']:g})", flush=True)

@@ -44,7 +44,7 @@ def test_calibrate_a_folder_and_cache_with_it(kind, tmp_path, capsys):
     want = {"flux": "FluxTransformer2DModel", "hunyuanvideo": "HunyuanVideoTransformer3DModel"}[kind]
     assert profile.metadata["model_class"] == want and len(profile.timesteps) == 6
     assert max(profile.timesteps) > 500  # the grid in scheduler units
-    assert profile.metadata["loop"]["recommended_eps"] > 0 and "jtt" in profile.curves and "gain" in profile.curves
+    assert profile.metadata["recommended_eps"] > 0 and "jtt" in profile.curves and "gain" in profile.curves
     code = main(["generate", "--model", str(folder), "--profile", str(out), "--prompt", "a red circle",
                  "--steps", "6", "--out", str(tmp_path / "gen")])
     err = capsys.readouterr()

@@ -88,6 +88,9 @@ def test_generate_runs_every_cache_on_the_device(cache, saved_model, device, tmp
     out = tmp_path / "clip.mp4"
     code = main(["generate", "--model", str(saved_model), "--prompt", "a red circle moving left", "--cache", cache,
                  "--steps", "6", "--device", str(device), "--out", str(out), "--save-npy"])
+    if cache.startswith("sencache-loop"):  # this profile predates the closed loop: a clear error, no clip
+        assert code == 2 and "closed-loop calibration" in capsys.readouterr().err and not out.exists()
+        return
     assert code == 0
     assert out.stat().st_size > 0
     assert np.isfinite(np.load(out.with_suffix(".npy"))).all()

@@ -120,7 +120,8 @@ def test_calibration_stores_gain_tables_and_combine(calibrated):
     run = info["trajectories"][0]
     assert len(run["timesteps"]) == STEPS and run["hold"][0] == [None] * info["window"]
     assert run["hold"][1][0] > 0 and run["linear"][2][0][0] is not None
-    assert SenCacheConfig(profile, eps=1e-3).loop and not SenCacheConfig.paper(profile).loop
+    assert SenCacheConfig(profile, eps=1e-3, loop=True).loop and not SenCacheConfig(profile, eps=1e-3).loop
+    assert SenCacheConfig(profile, target_psnr=35).loop and not SenCacheConfig.paper(profile).loop
 
 
 def test_a_refresh_reports_the_real_hold_and_forecast_errors(calibrated):
@@ -135,7 +136,7 @@ def test_a_refresh_reports_the_real_hold_and_forecast_errors(calibrated):
             times.append(float(event.timestep.reshape(-1)[0]))
 
     record_uncached(pipe, lambda: generate(pipe, PROMPTS[0], 0, num_inference_steps=STEPS, **call_kwargs()), keep)
-    config = SenCacheConfig(profile, eps=0.0, forecast="auto")  # λ = 0: every step computes and reports
+    config = SenCacheConfig(profile, eps=0.0, forecast="auto", loop=True)  # λ = 0: every step computes and reports
     rule = config.build_rule()
     seen = []
     original = type(rule).observe_errors
@@ -168,7 +169,7 @@ def test_the_online_rule_and_the_replay_are_one_rule(calibrated):
     run = info["trajectories"][0]
     ts = run["timesteps"]
     for lam in (1e-5, 1e-4, 1e-3, 1e-2):
-        config = SenCacheConfig(profile, eps=lam)
+        config = SenCacheConfig(profile, eps=lam, loop=True)
         rule = config.build_rule()
         state = rule.new_state(1)
         # latents along a line reproduce the stored distances to the last refresh only in one dimension: use the
@@ -204,7 +205,7 @@ def test_the_online_rule_and_the_replay_are_one_rule(calibrated):
 
 def test_budget_mode_solves_the_loop_tolerance(calibrated):
     _, profile = calibrated
-    config = with_target(SenCacheConfig(profile), target_nfe=8)
+    config = with_target(SenCacheConfig(profile, loop=True), target_nfe=8)
     assert config.loop and config.budget["rule"] == "closed loop (gain)"
     assert abs(config.budget["simulated_nfe"] - 8) <= 1
     assert solve_loop_eps(config, 8)["eps"] == pytest.approx(config.eps)
@@ -236,7 +237,7 @@ def test_target_psnr_keeps_every_sample_within_its_budget(calibrated):
 def test_zero_tolerance_is_bit_exact(calibrated):
     pipe, profile = calibrated
     ref = generate(pipe, PROMPTS[0], 1, num_inference_steps=STEPS, **call_kwargs()).frames
-    sencache.enable(pipe, SenCacheConfig(profile, eps=0.0))
+    sencache.enable(pipe, SenCacheConfig(profile, eps=0.0, loop=True))
     try:
         out = generate(pipe, PROMPTS[0], 1, num_inference_steps=STEPS, **call_kwargs()).frames
     finally:

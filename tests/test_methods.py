@@ -54,16 +54,17 @@ def ctx(pipe, baselines):
     return MethodContext(num_inference_steps=STEPS, profile=profile, baselines=baselines)
 
 
-def test_sencache_without_the_loop_calibration_is_the_schedule_rule(ctx):
-    """An older profile (no clip-error gain) keeps working: `sencache` is then the ε-schedule rule."""
+def test_the_closed_loop_is_opt_in(ctx):
+    """`sencache` is the ε-schedule rule; the closed loop runs as `sencache-loop(-auto)` on a calibrated profile."""
     from sencache.core.rules.sencache import SenCacheRule
     from sencache.core.rules.sencache_loop import SenCacheLoopRule
     from sencache.harness.methods import ours_config
 
     old = MethodContext(num_inference_steps=STEPS, profile=flat_profile())
-    assert isinstance(ours_config("sencache", 0.1, old).build_rule(), SenCacheRule)
-    assert isinstance(ours_config("sencache", 0.001, ctx).build_rule(), SenCacheLoopRule)
-    assert not ours_config("sencache-schedule", 0.1, ctx).loop
+    assert isinstance(ours_config("sencache", 0.1, ctx).build_rule(), SenCacheRule)  # the default
+    assert isinstance(ours_config("sencache-loop", 0.001, ctx).build_rule(), SenCacheLoopRule)
+    assert ours_config("sencache-loop-auto", 0.001, ctx).forecast == "auto"
+    assert "closed-loop calibration" in get_method("sencache-loop").unavailable(old)
 
 
 class RealRuns:
@@ -91,7 +92,7 @@ def aggressive(spec):
 
 
 def test_registry_holds_every_method():
-    assert set(METHODS) == {"none", "sencache", "sencache-paper", "sencache-schedule", "magcache", "magcache-final", "magcache-fast", "teacache",
+    assert set(METHODS) == {"none", "sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto", "magcache", "magcache-final", "magcache-fast", "teacache",
                             "fixed", "fixed-final",
                             "fbcache", "seacache", "seacache-paper", "diffusers-seacache",
                             "diffusers-seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}

@@ -207,9 +207,9 @@ def _measure_combine(pipe, profile, runs, references, gen_kwargs, progress) -> t
     T = gen_kwargs["num_inference_steps"]
     samples = []
     for share in (0.5, 0.3):
-        config = SenCacheConfig(profile, eps=1.0)
+        config = SenCacheConfig(profile, eps=1.0, loop=True)
         lam = solve_loop_eps(config, max(1.0, T * share))["eps"]
-        config = SenCacheConfig(profile, eps=lam)
+        config = SenCacheConfig(profile, eps=lam, loop=True)
         for (prompt, seed), ref in zip(runs, references):
             session = enable(pipe, config)
             try:

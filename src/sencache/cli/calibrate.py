@@ -100,7 +100,7 @@ def run_cli(args) -> int:
                                   progress=not args.no_progress, call_kwargs=kwargs)
             print(f"closed loop: clip-error gain at {len(info['gain_steps'])} steps on {len(info['prompts'])} "
                   f"prompt(s), combine {info['combine']:.3g} ({info['seconds']:.0f} s)")
-            recommend(profile, args.steps / 2)
+            recommend(profile, args.steps / 2, loop=True)
         if target_nfe is not None:
             budget = recommend(profile, target_nfe)
             print(f"budget: eps={budget['eps']:.4g} gives a simulated mean NFE of {budget['simulated_nfe']:g} "

@@ -31,7 +31,10 @@ def setting_key(method: str, steps: int, target_nfe: float, guidance: float, pro
     guidance (and, for SenCache, one profile and ε schedule)."""
     key = f"{method}|T={steps}|nfe={target_nfe:g}|g={guidance:g}"
     if method == "sencache" and profile is not None:
-        digest = hashlib.sha256(json.dumps(profile.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        data = profile.to_dict()  # the closed loop's calibration does not change the default rule's threshold
+        data["curves"] = {k: v for k, v in data.get("curves", {}).items() if k != "gain"}
+        data["metadata"] = {k: v for k, v in data.get("metadata", {}).items() if k != "loop"}
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
         default = SenCacheConfig(profile, eps=0.0)
         rule = "loop" if default.loop else f"forecast={default.forecast}|schedule={DEFAULT_EPS_SCHEDULE}"
         key += f"|profile={digest}|{rule}"  # one rule's threshold

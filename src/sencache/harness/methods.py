@@ -174,6 +174,8 @@ class MethodSpec:
             return "skipped: cache-dit not installed"
         if "profile" in self.needs and ctx.profile is None:
             return "skipped: no sensitivity profile (run `sencache calibrate`)"
+        if "loop" in self.needs and ctx.profile is not None and "gain" not in ctx.profile.curves:
+            return "skipped: the profile has no closed-loop calibration (run `sencache calibrate` again)"
         if "baselines" in self.needs and ctx.baselines is None:
             return "skipped: no calibrated baselines (baselines.json)"
         if "diffusers_ratios" in self.needs and ctx.baselines is not None and not ctx.baselines.diffusers_magcache_ratios:
@@ -243,12 +245,12 @@ def ours_config(name: str, value, ctx: MethodContext):
     """The sencache-adapter config of one of our methods (sencache, magcache, teacache, fixed, ...) at ``value``."""
 
     T = ctx.num_inference_steps
-    if name == "sencache":  # the closed loop where the profile carries its gain, else the ε-schedule rule
+    if name == "sencache":
         return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
                               eps_schedule=DEFAULT_EPS_SCHEDULE)
-    if name == "sencache-schedule":
+    if name in ("sencache-loop", "sencache-loop-auto"):  # the closed loop (opt-in), holding / choosing by error
         return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
-                              eps_schedule=DEFAULT_EPS_SCHEDULE, loop=False)
+                              loop=True, forecast="auto" if name.endswith("auto") else "hold")
     if name == "sencache-paper":
         return SenCacheConfig.paper(ctx.profile, eps=float(value))
     if name in MAGCACHE_VARIANTS:
@@ -270,7 +272,7 @@ def ours_config(name: str, value, ctx: MethodContext):
 def _ours_settings(name: str):
     def settings(value, ctx: MethodContext) -> dict:
         T = ctx.num_inference_steps
-        if name in ("sencache", "sencache-paper", "sencache-schedule"):
+        if name in ("sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto"):
             if ctx.profile is not None and ours_config(name, value, ctx).loop:
                 c = ours_config(name, value, ctx)
                 cfg = {"rule": "closed loop", "max_reuse": c.max_reuse, "final_steps": c.final_steps,
@@ -503,15 +505,17 @@ METHODS: dict[str, MethodSpec] = {
     for s in [
         _spec("none", "reference", "no cache: every step runs the whole block stack", None, None, (),
               attach=_attach_none),
-        _spec("sencache", "ours", "SenCache (default): per sample, hold or forecast the cache while the clip error "
-              "that reuse is predicted to cost (learned from the sample's refreshes, priced by the calibrated gain) "
-              "stays <= eps", "eps", 0.001,
-              (0.0001, 0.0003, 0.001, 0.003, 0.01), needs=("profile",), settings=_ours_settings("sencache"),
+        _spec("sencache", "ours", "SenCache (default): hold or forecast the cache, whichever predicted error is "
+              "smaller, while it stays <= eps", "eps", 0.1,
+              (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",), settings=_ours_settings("sencache"),
               attach=_attach_ours("sencache")),
-        _spec("sencache-schedule", "ours", "SenCache before the closed loop: hold or forecast, whichever predicted "
-              "error is smaller, while it stays <= eps(step) (warm-up, power2 schedule)", "eps", 0.1,
-              (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",), settings=_ours_settings("sencache-schedule"),
-              attach=_attach_ours("sencache-schedule")),
+        _spec("sencache-loop", "ours", "SenCache's closed loop (opt-in): per sample, hold while the clip error the "
+              "reuse is predicted to cost (learned from its refreshes, priced by the calibrated gain) stays <= eps",
+              "eps", 0.001, (0.0001, 0.0003, 0.001, 0.003, 0.01), needs=("profile", "loop"),
+              settings=_ours_settings("sencache-loop"), attach=_attach_ours("sencache-loop")),
+        _spec("sencache-loop-auto", "ours", "the closed loop, holding or forecasting by the smaller learned error",
+              "eps", 0.001, (0.0001, 0.0003, 0.001, 0.003, 0.01), needs=("profile", "loop"),
+              settings=_ours_settings("sencache-loop-auto"), attach=_attach_ours("sencache-loop-auto")),
         _spec("sencache-paper", "ours", "SenCache as in the paper: hold the cache while S <= eps (constant eps, n = 3)",
               "eps", 0.1, (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",),
               settings=_ours_settings("sencache-paper"), attach=_attach_ours("sencache-paper")),

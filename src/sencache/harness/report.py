@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 COLORS = {
-    "none": "#444444", "sencache": "#d62728", "sencache-paper": "#ff9896", "sencache-schedule": "#f7b6d2",
+    "none": "#444444", "sencache": "#d62728", "sencache-paper": "#ff9896", "sencache-loop": "#f7b6d2",
+    "sencache-loop-auto": "#e7298a",
     "diffusers-seacache-hold": "#c49c94",
     "magcache": "#1f77b4", "magcache-final": "#17becf", "magcache-fast": "#393b79",
     "teacache": "#2ca02c", "fixed": "#7f7f7f", "fixed-final": "#bcbd22", "fbcache": "#9467bd",

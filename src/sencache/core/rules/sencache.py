@@ -147,7 +147,7 @@ class SenCacheConfig:
             self.forecast = "auto" if "jtt" in self.profile.curves else "hold"
         if self.forecast not in FORECASTS:
             raise SenCacheError(f"forecast must be one of {', '.join(FORECASTS)} (got {self.forecast!r})")
-        if self.forecast == "auto":
+        if self.forecast == "auto" and not self.loop:  # the loop learns its forecast error (jtt optional)
             self.profile.lookup_curve("jtt", [0.0])  # fail now, not mid-generation
         if self.forecast_guard is not None:
             g = self.forecast_guard
@@ -173,8 +173,8 @@ class SenCacheConfig:
     def _check_loop(self) -> None:
         """Resolve ``loop`` and, for the closed loop, ``eps`` (given, for ``target_psnr``, or the profile's)."""
         has_gain = "gain" in self.profile.curves and isinstance(self.profile.metadata.get("loop"), dict)
-        if self.loop is None:
-            self.loop = has_gain
+        if self.loop is None:  # opt-in: the quality target asks for it
+            self.loop = self.target_psnr is not None and has_gain
         m = self.learn_momentum
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
             raise SenCacheError(f"learn_momentum must be in [0, 1) (got {m!r})")
