@@ -1,11 +1,10 @@
 """Combine the runs of #37 into one results.json per pair set (same pairs, targets and protocol in every run; a
 method's thresholds are tuned on the calibration prompt in each run, so they agree across runs):
 
-* standing sets: runs/fair_<s> (every peer; its `sencache` is the rule before the closed loop, renamed
-  `sencache-schedule`), runs/loop_auto_<s> (the closed loop choosing hold or forecast: `sencache-auto`) and
-  runs/loop_<s> (the closed loop, holding: the new default `sencache`) -> runs/merged_<s>/results.json;
-* the new draw: runs/draw_<s> (peers and `sencache-auto`; Wan in two halves, seeds 201 and 202) and
-  runs/drawloop_<s> (the default) -> runs/merged_draw_<s>/results.json.
+* standing sets: runs/fair_<s> (every peer and the default `sencache`), runs/loop_<s> (the closed loop, holding:
+  `sencache-loop`) and runs/loop_auto_<s> (hold or forecast: `sencache-loop-auto`) -> runs/merged_<s>/results.json;
+* the new draw: runs/draw_<s> (the strongest peers and `sencache-loop-auto`; Wan in two halves, seeds 201 and 202)
+  and runs/drawloop_<s> where it ran -> runs/merged_draw_<s>/results.json.
     python scripts/merge_loop_results.py && python scripts/fair_tables.py
 """
 
@@ -83,16 +82,17 @@ def write(name: str, results: dict, note: str) -> None:
 for s in ("wan", "wan_fresh", "cogvideox", "ltx"):
     fair, auto, hold = load(f"fair_{s}"), load(f"loop_auto_{s}"), load(f"loop_{s}")
     if fair and hold:
-        merged = renamed(fair, "sencache", "sencache-schedule")
+        merged = insert(fair, renamed(hold, "sencache", "sencache-loop"), "sencache-loop")
         if auto:
-            merged = insert(merged, renamed(auto, "sencache", "sencache-auto"), "sencache-auto")
-        write(f"merged_{s}", insert(merged, hold, "sencache"),
-              "sencache: the closed loop (holding), run separately on these pairs; sencache-auto: the closed loop "
-              "choosing hold or forecast; sencache-schedule: the rule before the closed loop")
+            merged = insert(merged, renamed(auto, "sencache", "sencache-loop-auto"), "sencache-loop-auto")
+        write(f"merged_{s}", merged, "sencache-loop (holding) and sencache-loop-auto (hold or forecast): the closed "
+              "loop of #37, run separately on these pairs; sencache: the default (the ε-schedule rule)")
 for s in ("wan", "cogvideox", "ltx"):
     draw = halves(load("draw_wan_a"), load("draw_wan_b")) if s == "wan" else load(f"draw_{s}")
-    hold = load(f"drawloop_{s}")
-    if draw and hold:
-        write(f"merged_draw_{s}", insert(renamed(draw, "sencache", "sencache-auto"), hold, "sencache"),
-              "the new draw of #37 (docs/draw37_prompts.txt); sencache-auto: the closed loop choosing hold or "
-              "forecast; sencache: the default (holding), run separately on the same pairs")
+    if draw:
+        merged = renamed(draw, "sencache", "sencache-loop-auto")
+        hold = load(f"drawloop_{s}")
+        if hold:
+            merged = insert(merged, renamed(hold, "sencache", "sencache-loop"), "sencache-loop")
+        write(f"merged_draw_{s}", merged, "the new draw of #37 (docs/draw37_prompts.txt): the closed loop "
+              "(sencache-loop-auto; sencache-loop where it ran) with the strongest peers")
