@@ -12,6 +12,7 @@ probe of :mod:`sencache.harness.audit` (at every reused call the real forward al
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -65,7 +66,7 @@ def loop_audit(pipe, config, prompts: Sequence[str], seeds: Sequence[int], num_i
         "eps": float(config.eps),
         "num_inference_steps": int(num_inference_steps),
         "prompts": list(prompts), "seeds": [int(s) for s in seeds],
-        "local": {k: v for k, v in stats.items()},
+        "local": stats,
         "clip": {"spearman": spearman(x, y) if len(clips) >= 3 else math.nan,
                  "median_real_over_predicted": float(np.median([b / a for a, b in zip(x, y) if a > 0]))
                  if any(a > 0 for a in x) else math.nan,
@@ -125,8 +126,6 @@ def plot_loop_audit(results: Sequence[dict], path) -> Path:
 
 def write_loop_audit(results: Sequence[dict], out_dir) -> dict[str, Path]:
     """audit.json, audit.md and audit.png in ``out_dir``."""
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(jsonable(list(results)), indent=1))
