@@ -128,7 +128,8 @@ def _cogvideox(tokenizer):
     return pipe, dict(height=32, width=32, num_frames=9)
 
 
-def _ltx(tokenizer):
+def _ltx(tokenizer, pipeline_class=None):
+    """A tiny LTXPipeline (or ``pipeline_class``, e.g. LTXImageToVideoPipeline, built from the same parts)."""
     from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
                            LTXVideoTransformer3DModel)
     from transformers import T5Config, T5EncoderModel
@@ -142,7 +143,7 @@ def _ltx(tokenizer):
     transformer = seeded(LTXVideoTransformer3DModel, in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
                          num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, num_layers=2,
                          caption_channels=16)
-    pipe = LTXPipeline(
+    pipe = (pipeline_class or LTXPipeline)(
         tokenizer=tokenizer, text_encoder=build_text_encoder(T5Config, T5EncoderModel, len(tokenizer), 16),
         vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler())
     # LTXPipeline requires 32-pixel multiples whatever the VAE; 1 + 4k frames for the x4 temporal factor

@@ -294,7 +294,8 @@ def test_demo_cli(model_dir, tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     system = out / model_dir.name  # --model runs that folder as the one system of the page
     results = json.loads((system / "results.json").read_text())
-    stored = json.loads((model_dir / "baselines.json").read_text())
+    stored = json.loads((system / "baselines.json").read_text())  # in the output, never beside the model
+    assert not (model_dir / "baselines.json").exists()
     calib = stored["calibration_prompts"]
     assert len(results["prompts"]) == 2 and not set(results["prompts"]) & set(calib)
     assert set(results["methods"]) == {"magcache-fast", "sencache"}  # the project page's columns

@@ -57,7 +57,7 @@ def test_preset_refuses_another_models_profile_and_unknown_names():
     ("wan2.1-t2v-1.3b-fast", [1, 0, 0, 0, 1, 0, 0, 0, 1, 0]),
 ])
 def test_preset_reuse_pattern_follows_n_and_the_forced_steps(name, pattern):
-    profile = flat_profile(PRESETS[name][0], jx=0.0, jt=0.0)
+    profile = flat_profile(PRESETS[name][0], jx=1e-9, jt=1e-9)  # S is never above ε
     rule = SenCacheConfig.preset(name, profile).build_rule()
     state = rule.new_state(1)
     computed = []
@@ -71,9 +71,9 @@ def test_cli_generate_with_a_preset(tmp_path, capsys):
     folder = tmp_path / "model"
     pipe = tiny_wan()
     pipe.save_pretrained(folder)
-    flat_profile("WanTransformer3DModel", jx=0.0, jt=0.0,
+    flat_profile("WanTransformer3DModel", jx=1e-9, jt=1e-9,
                  config_hash=model_config_hash(pipe.transformer)).save(folder / "sencache_profile.json")
-    args = ["generate", "--model", str(folder), "--prompt", "a red circle", "--steps", "10", "--out",
+    args = ["generate", "--model", str(folder), "--prompt", "a red circle", "--steps", "10", "--overwrite", "--out",
             str(tmp_path / "c.mp4")]
     assert main(args + ["--preset", "wan2.1-t2v-1.3b-slow"]) == 0
     assert re.search(r"NFE 4/10", capsys.readouterr().out)  # the pattern above: steps 0, 3, 6, 9

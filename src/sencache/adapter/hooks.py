@@ -35,6 +35,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.hooks.hooks import StateManager
 
 from sencache.adapter.arguments import ArgumentReader
+from sencache.adapter.conditioning import noisy_latent, step_timesteps
 from sencache.adapter.grid import latent_grid
 from sencache.adapter.layout import BlockLayout, denoisers
 from sencache.adapter.observers import SessionObserver
@@ -79,6 +80,9 @@ class SenCacheModelHook(ModelHook):
         timestep = self.arguments.get("timestep", args, kwargs)
         if not isinstance(latent, torch.Tensor) or not isinstance(timestep, torch.Tensor):
             return self.fn_ref.original_forward(*args, **kwargs)
+        # the sampler's state only: no image-conditioning channels, the noisy tokens' timestep
+        latent = noisy_latent(module, latent)
+        timestep = step_timesteps(timestep, latent.shape[0])
         context = self.context_state._context
         branch = context.name if context is not None else "default"
         step, num_steps = s._resolve_step(context, timestep, branch)
@@ -289,7 +293,7 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
     sync = resolve_sync(transformer, sync_group)
     session = CacheSession(experts, scheduler, config, num_inference_steps=num_inference_steps, sync=sync,
                            offload_residuals=offload_residuals, observers=observers,
-                           remove=lambda: disable(target))
+                           remove=lambda: _disable_if_current(target, session))
     disable(target)
     for name, module in experts.items():
         registry = HookRegistry.check_if_exists_or_initialize(module)
@@ -321,6 +325,17 @@ def disable(target) -> None:
                 child.remove_hook(ATTENTION_HOOK, recurse=False)
         if registry is not None:
             registry.invalidate_child_registries_cache()
+
+
+def _disable_if_current(target, session: CacheSession) -> None:
+    """``session.disable()``: removes the hooks only while they are this session's; a session replaced by a later
+    ``enable`` has nothing left to remove, and removing the newer one's hooks would be a surprise."""
+    current = active_session(target)
+    if current is not session:
+        logger.warning("sencache: this session was replaced by a later sencache.enable on the same pipeline; "
+                       "disable() left the newer cache in place (call sencache.disable(pipe) to remove it)")
+        return
+    disable(target)
 
 
 def active_session(target) -> CacheSession | None:

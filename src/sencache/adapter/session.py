@@ -126,6 +126,8 @@ class CacheSession:
         self.step_clock = getattr(self.rule, "forecast_clock", "timestep") == "step"  # forecasts in step units
         self._poisoned = False
         self._sched_cache: tuple[int, torch.Tensor] | None = None
+        self._grid_checked: tuple | None = None  # (profile, scheduler grid) last checked for coverage
+        self._grid_note: str | None = None
         self._t_scale = 1.0  # transformer timestep -> scheduler units (FLUX: num_train_timesteps)
         self.sync = sync  # rank-consistent decisions (context parallelism), None: rank-local
         self.offload_residuals = bool(offload_residuals)
@@ -135,6 +137,11 @@ class CacheSession:
         self._remove = remove
 
     # --- public -----------------------------------------------------------------------------
+    def __deepcopy__(self, memo):
+        # a copy would share the hooks' view of one pipeline and the cached residuals of another
+        raise SenCacheError("a pipeline (or transformer) with a sencache cache cannot be deep-copied: call "
+                            "sencache.disable(pipe) first, copy it, then sencache.enable(...) on each copy")
+
     def summary(self) -> dict:
         """The trace summary of the last generation: calls, computed, reused, nfe, skipped steps, notes."""
         return self.trace.summary()
@@ -204,6 +211,21 @@ class CacheSession:
             self._sched_cache = (id(timesteps), timesteps.detach().double().cpu())
         return self._sched_cache[1]
 
+    def _check_profile_grid(self) -> str | None:
+        """The profile's grid against this run's timesteps: refused when it misses most of them, a warning once per
+        scheduler grid when it misses some (see SensitivityProfile.check_covers)."""
+        profile, grid = getattr(self.config, "profile", None), self._scheduler_grid()
+        if profile is None or grid is None or not hasattr(profile, "check_covers"):
+            return None
+        key = (id(profile), id(self.scheduler.timesteps))
+        if self._grid_checked == key:
+            return self._grid_note
+        note = profile.check_covers(grid, what="this run")
+        if note:
+            logger.warning(note)
+        self._grid_checked, self._grid_note = key, note
+        return note
+
     def _match_grid(self, grid: torch.Tensor, t0: float) -> int:
         """The grid step nearest to ``t0``. FLUX-style pipelines hand the transformer timestep / num_train_timesteps;
         then ``_t_scale`` becomes num_train_timesteps, so the rule, the profile and the trace see scheduler units."""
@@ -245,11 +267,14 @@ class CacheSession:
             or num_steps != gen.num_steps
         )
         if new_generation:
+            grid_note = self._check_profile_grid()
             self._poisoned = False
             self._gen = gen = _Generation(rule_state=self.rule.new_state(batch), num_steps=num_steps, batch=batch,
                                           expert=expert)
             self.trace.clear(self.method, num_steps)
             self.trace.notes.extend(self.standing_notes)
+            if grid_note:
+                self.trace.notes.append(grid_note)
         elif expert != gen.expert:
             self.trace.notes.append(f"sencache: {expert} took over from {gen.expert} at step {step}; it starts with "
                                     f"an empty cache, so this step computes")
@@ -441,13 +466,17 @@ class CacheSession:
         if self.method == "none" or any(not r.computed for r in self.trace.records):
             return  # a rule that never reuses (recording runs) has nothing to explain
         gen.warned_no_reuse = True
-        scores = [r.score for r in self.trace.records if r.score is not None and math.isfinite(r.score)]
-        eps = getattr(self.config, "eps", None)
+        # judged by the tolerance in force at each step (an ε schedule changes it along the run), not the config's
+        open_ = [r for r in self.trace.records if r.reason not in ("first", "final", "warmup")]
         if gen.num_steps is not None and gen.num_steps <= 1 + getattr(self.config, "final_steps", 0):
             why = f"only {gen.num_steps} steps, and the first and final steps always compute"
-        elif scores and eps is not None:
-            why = (f"eps={eps:g} is below every predicted change (smallest S = {min(scores):.4g}); "
-                   f"raise eps (or pick it for an NFE with sencache.budget.with_target)")
+        elif open_ and all(r.reason == "above_eps" and r.eps is not None and r.score is not None for r in open_):
+            tolerances = sorted({float(r.eps) for r in open_})
+            shown = f"eps={tolerances[0]:g}" if len(tolerances) == 1 else \
+                f"eps (here {tolerances[0]:g}..{tolerances[-1]:g} along the run)"
+            why = (f"{shown} is below the predicted change at every step (smallest S = "
+                   f"{min(r.score for r in open_):.4g}); raise eps (or pick it for an NFE with "
+                   f"sencache.budget.with_target)")
         else:
             why = "the rule never allowed a reuse at these settings"
         msg = f"sencache: this generation reused no step, so there is no speed-up: {why}"

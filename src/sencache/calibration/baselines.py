@@ -319,12 +319,17 @@ def calibrate_baselines(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,
 
 def ensure_baselines(pipe, path, evaluation_prompts: Sequence[str] = (), calibration_prompts: Sequence[str] | None = None,
                      seeds: Sequence[int] = (0,), num_inference_steps: int = 50, guidance_scale: float = 5.0,
-                     fallback_dir=None, log=print, progress: bool = True) -> tuple[Baselines, Path]:
+                     fallback_dir=None, log=print, progress: bool = True,
+                     save_path=None) -> tuple[Baselines, Path]:
     """Load the baselines at ``path``, or calibrate and save them there (or in ``fallback_dir`` if read-only).
 
+    With ``save_path`` a copy there is read first, and new baselines are saved there instead of at ``path``
+    (``sencache demo`` keeps everything it writes in its output folder, never in the installed package).
     Either way the calibration prompts are checked against ``evaluation_prompts``.
     """
     path = Path(path)
+    if save_path is not None and Path(save_path).is_file():
+        path = Path(save_path)
     if path.is_file():
         baselines = Baselines.load(path)
         baselines.check_model(pipe.transformer)
@@ -339,7 +344,7 @@ def ensure_baselines(pipe, path, evaluation_prompts: Sequence[str] = (), calibra
         f"x {len(seeds)} seed(s), {num_inference_steps} steps (one-time)")
     baselines = calibrate_baselines(pipe, prompts, seeds, num_inference_steps, guidance_scale, progress=progress)
     try:
-        saved = baselines.save(path)
+        saved = baselines.save(Path(save_path) if save_path is not None else path)
     except OSError:
         if fallback_dir is None:
             raise

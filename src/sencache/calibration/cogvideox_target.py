@@ -42,6 +42,7 @@ class CogVideoXTarget(PipelineTarget):
         self.rotary = (pipe._prepare_rotary_positional_embeddings(height, width, self.latent_shape[1], self.device)
                        if config.use_rotary_positional_embeddings else None)
         self._generator: torch.Generator | None = None
+        self.extra_inputs: dict = {}  # more transformer arguments (CogVideoX 1.5 I2V: ofs)
 
     def noise(self, seed: int) -> torch.Tensor:
         """The initial latent the pipeline draws with ``generator=torch.Generator().manual_seed(seed)``. The
@@ -58,10 +59,15 @@ class CogVideoXTarget(PipelineTarget):
     def forward(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """One transformer call exactly as CogVideoXPipeline makes it (output in float32, as it casts)."""
         t = torch.as_tensor(t, device=x.device)
-        x = self.pipe.scheduler.scale_model_input(x, t)
+        x = self.model_input(self.pipe.scheduler.scale_model_input(x, t))
         return self.transformer(hidden_states=x, encoder_hidden_states=embeds, timestep=t.expand(x.shape[0]),
                                 image_rotary_emb=self.rotary, attention_kwargs=self.attention_kwargs,
-                                return_dict=False)[0].float()
+                                return_dict=False, **self.extra_inputs)[0].float()
+
+    # -- what an image-to-video subclass changes (cogvideox_i2v_target) ------------------------------
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer's ``hidden_states`` for the scaled latent ``x``."""
+        return x
 
     def cfg_output(self, cond, uncond, f_cond):
         """The pipeline's one batched call on [uncond, cond], combined; the sampler steps with it (a batch-1

@@ -77,9 +77,13 @@ class LTXTarget(PipelineTarget):
         t = torch.as_tensor(t, device=x.device)
         frames, height, width = self.latent_size
         return self.transformer(hidden_states=x.to(text.dtype), encoder_hidden_states=text,
-                                timestep=t.expand(x.shape[0]), encoder_attention_mask=mask, num_frames=frames,
-                                height=height, width=width, rope_interpolation_scale=self.rope_scale,
+                                timestep=self.timestep(t, x.shape[0]), encoder_attention_mask=mask,
+                                num_frames=frames, height=height, width=width, rope_interpolation_scale=self.rope_scale,
                                 attention_kwargs=self.attention_kwargs, return_dict=False)[0].float()
+
+    def timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """The transformer's ``timestep`` argument (the image-to-video subclass gives one per token)."""
+        return t.expand(batch)
 
     def cfg_output(self, cond, uncond, f_cond):
         """The pipeline's one batched call on [uncond, cond], combined (and rescaled when asked)."""

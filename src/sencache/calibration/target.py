@@ -43,6 +43,15 @@ class PipelineTarget:
         self.attention_kwargs = self.settings["attention_kwargs"]
         self._embeds: dict[str, tuple] = {}
 
+    def conditioning_image(self):
+        """Image-to-video: the ``image`` every calibration sample is conditioned on (a call argument, or a call
+        default attached to the pipeline)."""
+        image = self.settings.get("image")
+        if image is None:
+            raise SenCacheError(f"calibrating {type(self.pipe).__name__} needs the conditioning image: pass "
+                                f"image=... (a PIL image) to calibrate(), or attach it as a call default")
+        return image
+
     def use_true_cfg(self) -> None:
         """FLUX and HunyuanVideo: ``guidance_scale`` is the embedded (distilled) guidance, and classifier-free
         guidance is ``true_cfg_scale`` with a negative prompt (the pipeline's ``do_true_cfg``), two calls per step."""

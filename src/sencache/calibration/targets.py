@@ -3,20 +3,30 @@ transformer call, the sampler step), one class per pipeline family; others are r
 
 from __future__ import annotations
 
+from sencache.calibration.cogvideox_i2v_target import CogVideoXImageToVideoTarget, is_cogvideox_i2v
 from sencache.calibration.cogvideox_target import CogVideoXTarget, is_cogvideox
 from sencache.calibration.flux_target import FluxTarget, is_flux
 from sencache.calibration.hunyuan_target import HunyuanVideoTarget, is_hunyuan_video
+from sencache.calibration.ltx_i2v_target import LTXImageToVideoTarget, is_ltx_i2v
 from sencache.calibration.ltx_target import LTXTarget, is_ltx
 from sencache.calibration.target import PipelineTarget
+from sencache.calibration.wan_i2v_target import WanImageToVideoTarget, is_wan_i2v
 from sencache.calibration.wan_target import WanTarget, is_wan
 from sencache.errors import UnsupportedModelError
 
 
 def target_for(pipe, pipe_kwargs: dict) -> PipelineTarget:
     """The target for ``pipe``: WanPipeline (Wan 2.1, and Wan 2.2's two experts), CogVideoXPipeline, LTXPipeline,
-    HunyuanVideoPipeline (text-to-video) or FluxPipeline (text-to-image)."""
+    HunyuanVideoPipeline (text-to-video), their image-to-video siblings WanImageToVideoPipeline,
+    CogVideoXImageToVideoPipeline and LTXImageToVideoPipeline, or FluxPipeline (text-to-image)."""
     if is_wan(pipe):
         return WanTarget(pipe, pipe_kwargs)
+    if is_wan_i2v(pipe):
+        return WanImageToVideoTarget(pipe, pipe_kwargs)
+    if is_cogvideox_i2v(pipe):
+        return CogVideoXImageToVideoTarget(pipe, pipe_kwargs)
+    if is_ltx_i2v(pipe):
+        return LTXImageToVideoTarget(pipe, pipe_kwargs)
     if is_cogvideox(pipe):
         return CogVideoXTarget(pipe, pipe_kwargs)
     if is_ltx(pipe):
@@ -27,5 +37,6 @@ def target_for(pipe, pipe_kwargs: dict) -> PipelineTarget:
         return HunyuanVideoTarget(pipe, pipe_kwargs)
     raise UnsupportedModelError(
         f"calibrate supports WanPipeline, CogVideoXPipeline, LTXPipeline, HunyuanVideoPipeline and FluxPipeline for "
-        f"now, got {type(pipe).__name__}; "
+        f"now, got {type(pipe).__name__} (image-to-video: WanImageToVideoPipeline, CogVideoXImageToVideoPipeline and "
+        f"LTXImageToVideoPipeline); "
         f"import the authors' table (sencache import-profile) or open an issue with the model name")

@@ -42,6 +42,7 @@ class WanTarget(PipelineTarget):
         self.boundary = None
         if ratio is not None and second is not None:
             self.boundary = float(ratio) * pipe.scheduler.config.num_train_timesteps
+        self.extra_inputs: dict = {}  # more transformer arguments (I2V: the image embeddings)
         g2 = self.settings.get("guidance_scale_2")
         self.guidance_2 = float(g2) if g2 is not None else self.guidance
         kw = self.settings
@@ -99,12 +100,22 @@ class WanTarget(PipelineTarget):
         model = self.experts()[self.expert_at(t)]
         t = torch.as_tensor(t, device=x.device)
         if self.pipe.config.expand_timesteps:
-            mask = torch.ones(x.shape[2:], dtype=torch.float32, device=x.device)
+            mask = self.timestep_mask(x)
             timestep = (mask[:, ::2, ::2] * t).flatten().unsqueeze(0).expand(x.shape[0], -1)
         else:
             timestep = t.expand(x.shape[0])
-        return model(hidden_states=x.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
-                     attention_kwargs=self.attention_kwargs, return_dict=False)[0]
+        return model(hidden_states=self.model_input(x).to(self.dtype), timestep=timestep,
+                     encoder_hidden_states=embeds, attention_kwargs=self.attention_kwargs, return_dict=False,
+                     **self.extra_inputs)[0]
+
+    # -- what an image-to-video subclass changes (wan_i2v_target) ----------------------------------
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer's ``hidden_states`` for the sampler's latent ``x``."""
+        return x
+
+    def timestep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``expand_timesteps``: which latent cells (F, H, W) take the step's timestep (the others 0)."""
+        return torch.ones(x.shape[2:], dtype=torch.float32, device=x.device)
 
     def guidance_at(self, t) -> float:
         return self.guidance if self.expert_at(t) == "transformer" else self.guidance_2

@@ -2,8 +2,9 @@
 
 Each command module provides ``add_cli(subparsers)``, which registers its parser and sets ``func`` to a
 handler taking the parsed arguments: parse, resolve the shared options once (:mod:`sencache.cli.options`),
-call the library, print. Errors a user can fix (SenCacheError, FileNotFoundError) print one line and exit
-with status 2 instead of a traceback; Ctrl-C exits with 130.
+call the library, print. Errors a user can fix (SenCacheError, and the operating system's refusals: a missing
+file, a folder where a file should be, no permission) print one line and exit with status 2 instead of a
+traceback (``--debug`` shows it); Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``sencache`` parser with every command."""
     parser = argparse.ArgumentParser(prog="sencache", description="Sensitivity-aware caching for diffusers video models")
     parser.add_argument("--version", action="version", version=f"sencache {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.add_cli(sub)
@@ -38,7 +40,9 @@ def main(argv=None) -> int:
         return 1
     try:
         result = args.func(args)
-    except (SenCacheError, FileNotFoundError) as exc:
+    except (SenCacheError, OSError) as exc:
+        if args.debug:
+            raise
         print(f"sencache {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from sencache.calibration.baselines import default_baselines_path, ensure_baselines
 from sencache.calibration.correction import calibrate_correction
-from sencache.cli.options import add_model_arguments, load_model, resolve_model, resolve_profile_path
+from sencache.cli.options import (
+    add_model_arguments,
+    load_model,
+    resolve_model,
+    resolve_profile_path,
+    seed_value,
+    step_count,
+)
 from sencache.core.budget import recommended_eps, with_target
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.sencache import SenCacheConfig
@@ -53,8 +60,8 @@ def add_cli(subparsers) -> None:
                    "profile; calibrated there on first use)")
     p.add_argument("--prompts", default=None, help="text file, one prompt per line (default: held-out captions)")
     p.add_argument("--num-prompts", type=int, default=4, help="how many held-out captions without --prompts")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--seeds", type=seed_value, nargs="+", default=[0])
+    p.add_argument("--steps", type=step_count, default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     p.add_argument("--eps", type=float, default=None, help="SenCache eps (default: the profile's recommended_eps, "
                    "else 0.1)")
@@ -124,7 +131,7 @@ def run_cli(args) -> int:
         if args.target_nfe is not None:
             config = with_target(SenCacheConfig(profile, **kwargs), args.target_nfe)
         else:
-            eps = args.eps if args.eps is not None else recommended_eps(profile, default=0.1)
+            eps = args.eps if args.eps is not None else recommended_eps(profile, default=0.1, num_inference_steps=args.steps)
             config = SenCacheConfig(profile, eps=eps, **kwargs)
         baselines = None
         if {"magcache", "teacache"} & set(args.methods):

@@ -12,7 +12,7 @@ from pathlib import Path
 from sencache.calibration.calibrate import calibrate
 from sencache.calibration.loop import calibrate_loop
 from sencache.calibration.videos import list_videos
-from sencache.cli.options import add_model_arguments, load_model, resolve_model
+from sencache.cli.options import add_model_arguments, load_model, resolve_model, seed_value, step_count
 from sencache.core.budget import recommend
 from sencache.errors import SenCacheError, check_int
 from sencache.runtime import distributed as dist
@@ -31,10 +31,10 @@ def add_cli(subparsers) -> None:
     )
     add_model_arguments(p, profile=False)
     p.add_argument("--prompts", help="text file, one prompt per line")
-    p.add_argument("--steps", type=int, default=50, help="inference steps: the timestep grid (default 50)")
+    p.add_argument("--steps", type=step_count, default=50, help="inference steps: the timestep grid (default 50)")
     p.add_argument("--samples", type=int, default=8, help="number of trajectories (prompt x seed; default 8)")
     p.add_argument("--out", default="profile.json", help="where to write the profile (default profile.json)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses generator seed SEED+i (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="sample i uses generator seed SEED+i (default 0)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--guided", action="store_true", help="measure the CFG-combined output, not the cond branch")

@@ -19,7 +19,9 @@ from sencache.cli.options import (
     add_threads_argument,
     load_model,
     resolve_profile_path,
+    seed_value,
     set_threads,
+    step_count,
 )
 from sencache.core.profile import SensitivityProfile
 from sencache.demo_model.prompts import default_calibration_prompts
@@ -58,7 +60,7 @@ def add_cli(subparsers) -> None:
                     "results.md and pareto.png (and, with --report, side_by_side.mp4/.gif and report.html).")
     add_model_arguments(p)
     p.add_argument("--prompts", required=True, help="text file, one prompt per line")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=seed_value, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=["sencache", "magcache", "magcache-final", "teacache", "fixed"],
                    metavar="METHOD", help=f"from: {', '.join(METHODS)}")
     p.add_argument("--sweep", action="store_true", help="run every method over its list of thresholds")
@@ -67,7 +69,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--nfe-targets", type=float, nargs="+", default=None, metavar="NFE",
                    help="instead of fixed thresholds: for each method, find the thresholds that give these NFEs on "
                         "the first calibration prompt, then evaluate those")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--steps", type=step_count, default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     p.add_argument("--baselines", default=None, help="baselines JSON (default: baselines.json next to the profile; "
                    "calibrated there on first use)")

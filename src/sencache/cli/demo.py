@@ -3,10 +3,12 @@ LTX-Video architectures), uncached | MagCache | SenCache on held-out prompts at 
 NFE, with heat maps of where each cached clip departs from the uncached one and a caption naming the object that
 differs most between the two caches.
 
-Per system: loads the model and its profile, loads ``baselines.json`` next to the profile or calibrates
-MagCache/TeaCache on the demo's calibration prompts first (said on screen), chooses each method's threshold for
-the target NFE on a calibration prompt, runs :func:`sencache.harness.demo.run_demo` into ``OUT/<system>/``. Then
-writes ``OUT/side_by_side.gif``/``.mp4`` (all systems) and ``OUT/report.html``.
+Per system: loads the model and its profile, loads ``OUT/<system>/baselines.json`` (from an earlier run) or the
+``baselines.json`` next to the profile, or calibrates MagCache/TeaCache on the demo's calibration prompts first
+(said on screen), chooses each method's threshold for the target NFE on a calibration prompt, runs
+:func:`sencache.harness.demo.run_demo` into ``OUT/<system>/``. Then writes ``OUT/side_by_side.gif``/``.mp4`` (all
+systems) and ``OUT/report.html``. Anything calibrated or tuned is stored in ``OUT/<system>/baselines.json``:
+nothing is written inside the installed package. ``--quick``: one prompt, no LPIPS.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import argparse
 import time
 from pathlib import Path
 
-from sencache.calibration.baselines import default_baselines_path, ensure_baselines
+from sencache.calibration.baselines import BASELINES_NAME, default_baselines_path, ensure_baselines
 from sencache.cli.options import (
     add_model_arguments,
     add_threads_argument,
     load_model,
     resolve_profile_path,
+    seed_value,
     set_threads,
+    step_count,
 )
 from sencache.core.profile import SensitivityProfile
 from sencache.demo_model.difference import difference_caption
@@ -48,8 +52,8 @@ def add_cli(subparsers) -> None:
                    help="which shipped demo models to run (default: all three)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--prompts", type=int, default=2, help="held-out prompts, one row each (default 2)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every prompt (default 0)")
+    p.add_argument("--steps", type=step_count, default=50, help="denoising steps (default 50)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of every prompt (default 0)")
     p.add_argument("--target", type=float, default=0.3,
                    help="target NFE as a fraction of the steps, the same for every method (default 0.3: 15 of 50, "
                         "where the caches' differences show)")
@@ -57,6 +61,9 @@ def add_cli(subparsers) -> None:
     add_model_arguments(p, sizes=False)
     p.add_argument("--retune", action="store_true", help="search the thresholds again even if stored")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--quick", action="store_true",
+                   help="a short check that every system loads and generates: one prompt, no LPIPS (about 40 s on "
+                        "2 CPU cores)")
     add_threads_argument(p)
     p.set_defaults(func=run)
 
@@ -79,6 +86,8 @@ def run(args) -> int:
     """``sencache demo``."""
     start = time.perf_counter()
     set_threads(args.threads)
+    if args.quick:
+        args.prompts, args.no_lpips = 1, True
     if args.prompts < 1:  # every argument is checked before anything loads or calibrates
         raise SenCacheError("--prompts must be at least 1")
     if args.steps < 4:
@@ -98,9 +107,12 @@ def run(args) -> int:
             raise SenCacheError(f"no sensitivity profile at {profile_path}: measure one with `sencache calibrate` "
                                 f"(or pass --profile)")
         profile = SensitivityProfile.load(profile_path)
+        # thresholds tuned here (another --steps, --target or --retune) go to OUT/<system>/, never into the package
         baselines, baselines_path = ensure_baselines(
             pipe, default_baselines_path(profile_path), (), calibration_prompts=calibration,
-            num_inference_steps=args.steps, guidance_scale=args.guidance, fallback_dir=out / name)
+            num_inference_steps=args.steps, guidance_scale=args.guidance, fallback_dir=out / name,
+            save_path=out / name / BASELINES_NAME)
+        baselines_path = out / name / BASELINES_NAME
         excluded = list(baselines.calibration_prompts) + list(profile.metadata.get("prompts") or [])
         prompts = default_evaluation_prompts(args.prompts, exclude=excluded)
         results = run_demo(pipe, profile, baselines, baselines_path, prompts, out / name, steps=args.steps,

@@ -22,9 +22,12 @@ from sencache.calibration.baselines import Baselines, default_baselines_path
 from sencache.cli.options import (
     add_model_arguments,
     load_model,
+    resolve_device,
     resolve_model,
     resolve_profile_path,
+    seed_value,
     set_threads,
+    step_count,
 )
 from sencache.core.budget import recommended_eps
 from sencache.core.presets import PRESETS
@@ -39,20 +42,55 @@ from sencache.runtime.prompts import read_prompts
 from sencache.runtime.video import save_clip
 
 
+CLIP_SUFFIXES = (".mp4", ".gif", ".npy")  # what --out may end in; any other dot belongs to the name
+
+
+def clip_stem(out: Path) -> Path:
+    """The stem every file of a one-clip run is named by: ``take.v1`` and ``wan2.1-fast`` stay whole, ``clip.mp4``
+    loses its ``.mp4`` (the clip is written as .mp4 and .gif)."""
+    return out.with_suffix("") if out.suffix.lower() in CLIP_SUFFIXES else out
+
+
+def clip_files(stem: Path, save_npy: bool, trace: bool) -> list[Path]:
+    """Every file one clip writes."""
+    names = [".mp4", ".gif"] + ([".npy"] if save_npy else []) + ([".trace.json"] if trace else [])
+    return [Path(f"{stem}{suffix}") for suffix in names]
+
+
+def check_outputs(files: list[Path], overwrite: bool) -> None:
+    """Refuse, before any model loads, outputs that cannot be written or would replace earlier ones."""
+    for path in files:
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise SenCacheError(f"cannot write {path}: {parent} is a file, not a folder; choose another --out")
+        if path.is_dir():
+            raise SenCacheError(f"cannot write {path}: it is a folder; choose another --out")
+    existing = [p for p in files if p.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise SenCacheError(f"{existing[0]}{more} already exist(s); choose another --out, or pass --overwrite to "
+                            f"replace")
+
+
 def clip_name(index: int, prompt: str, seed: int) -> str:
     """File stem of one clip: job index, a slug of the prompt, the seed."""
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48]
     return f"{index:03d}_{slug}_s{seed}"
 
 
-def attach_cache(args, pipe):
-    """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
-
+def check_cache_options(args) -> None:
+    """The cache flags that contradict each other, refused before anything loads."""
     if getattr(args, "target_psnr", None) is not None and (args.cache != "sencache" or args.preset):
         raise SenCacheError("--target-psnr is the closed-loop SenCache's quality target; use it with --cache sencache "
                             "and without --preset")
     if args.preset and args.cache != "sencache":
         raise SenCacheError(f"--preset sets SenCache's own settings; use it with --cache sencache (not {args.cache})")
+    get_method(args.cache)  # an unknown name fails here
+
+
+def attach_cache(args, pipe):
+    """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
+    check_cache_options(args)
     spec = get_method(args.cache)
     profile_path = resolve_profile_path(args.profile, resolve_model(args.model))
     ctx = MethodContext(num_inference_steps=args.steps)
@@ -67,7 +105,7 @@ def attach_cache(args, pipe):
         if getattr(args, "target_psnr", None) is not None:
             return SessionHandle(pipe, SenCacheConfig(ctx.profile, eps=value, target_psnr=args.target_psnr))
         if value is None:
-            value = recommended_eps(ctx.profile)
+            value = recommended_eps(ctx.profile, num_inference_steps=args.steps)
     if "baselines" in spec.needs:
         path = default_baselines_path(profile_path)
         if not path.exists():
@@ -87,11 +125,18 @@ def run_jobs(args) -> int:
     target = getattr(args, "target_psnr", None)
     if target is not None and not (np.isfinite(target) and target > 0):
         raise SenCacheError(f"--target-psnr must be a number of dB > 0 (got {target:g})")
-    prompts = [args.prompt] if args.prompt else read_prompts(args.prompts)
+    check_cache_options(args)
+    if args.prompt is not None and not args.prompt.strip():
+        raise SenCacheError("--prompt is empty; give the text of the clip (or --prompts FILE)")
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     jobs = [(p, s) for p in prompts for s in args.seeds]
     single = len(jobs) == 1 and not args.prompts
     out = Path(args.out)
     out_dir = out.parent if single else out
+    stems = [clip_stem(out)] if single else [out_dir / clip_name(i, p, s) for i, (p, s) in enumerate(jobs)]
+    files = [f for stem in stems for f in clip_files(stem, args.save_npy, args.trace)]
+    check_outputs(files + ([] if single else [out_dir / "generate.json"]), args.overwrite)
+    resolve_device(args.device)  # a device this machine lacks is refused before the model loads
     if "profile" in get_method(args.cache).needs:  # a hub id without --profile fails before a long load
         resolve_profile_path(args.profile, resolve_model(args.model))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +144,7 @@ def run_jobs(args) -> int:
     handle = attach_cache(args, pipe)
     records = []
     for index, (prompt, seed) in dist.shard(jobs):
-        stem = out.with_suffix("") if single else out_dir / clip_name(index, prompt, seed)
+        stem = stems[index]
         try:
             result = generate(pipe, prompt, seed, num_inference_steps=args.steps, guidance_scale=args.guidance)
         except Exception as exc:  # keep the other jobs' results; say which prompt failed
@@ -155,10 +200,11 @@ def add_cli(sub) -> None:
                         "(--eps still overrides its eps); see the README's presets table")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny demo model)")
     add_model_arguments(p)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=step_count, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=seed_value, nargs="+", default=[0])
     p.add_argument("--out", default="clip.mp4", help="output file (one prompt) or folder (--prompts)")
+    p.add_argument("--overwrite", action="store_true", help="replace clips an earlier run wrote under the same name")
     p.add_argument("--trace", action="store_true", help="also save each clip's decision trace as JSON")
     p.add_argument("--save-npy", action="store_true",
                    help="also save each clip's raw frames as STEM.npy (float32, F x H x W x 3, in [0, 1])")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sencache.cli.options import add_model_arguments, load_model, set_threads
+from sencache.cli.options import add_model_arguments, load_model, set_threads, step_count
 from sencache.demo_model.data import dataset_prompts
 from sencache.demo_model.judge import (
     CORE_ATTRIBUTES,
@@ -76,7 +76,7 @@ def add_cli(sub) -> None:
     p.add_argument("--prompt-seed", type=int, default=777, help="seed of the prompt draw")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     p.add_argument("--first-seed", type=int, default=10_000)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=step_count, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--word-effect", metavar="CAPTION", default=None,
                    help="instead of scoring: swap one attribute word of this one-object caption at a time (same "

@@ -9,12 +9,15 @@
   attached to the pipeline as call defaults, so every generation a command makes uses them.
 * ``--device``: default ``cuda:LOCAL_RANK`` when there is a GPU for every rank, else the CPU.
 * ``--dtype``: the weights' dtype (float32, bfloat16, float16), default float32.
+* ``--image FILE``: the conditioning image of an image-to-video pipeline (Wan, LTX-Video, CogVideoX I2V),
+  attached as a call default like the sizes; refused for a text-to-video pipeline, required by an I2V one.
 * ``--threads N``: torch CPU threads (default 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 from pathlib import Path
 
@@ -44,6 +47,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, profile: bool = True, s
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="weights' dtype (default float32; bfloat16 is what Wan users run on GPUs)")
     if sizes:
+        parser.add_argument("--image", default=None,
+                            help="conditioning image (PNG/JPEG) of an image-to-video pipeline, used by every "
+                                 "generation of the command")
         parser.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
         parser.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
         parser.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
@@ -77,26 +83,87 @@ def resolve_profile_path(profile, model: Path | str) -> Path:
     return Path(model) / PROFILE_NAME
 
 
+def seed_value(text: str) -> int:
+    """argparse type of every seed: an integer in [0, 2**64), the range torch's generators take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number (got {text!r})") from None
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"a seed must be between 0 and 2**64 - 1 (got {value})")
+    return value
+
+
+def step_count(text: str) -> int:
+    """argparse type of ``--steps``: a whole number >= 1 (commands that need more say so)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the step count is a whole number (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the step count must be at least 1 (got {value})")
+    return value
+
+
 def resolve_device(device) -> torch.device:
-    """``--device`` as a torch device (default: cuda:LOCAL_RANK when CUDA is available, else the CPU)."""
+    """``--device`` as a torch device (default: cuda:LOCAL_RANK when CUDA is available, else the CPU); a device
+    this torch build or machine does not have is refused here, before any model loads."""
     if device is None:
         return default_device()
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise SenCacheError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise SenCacheError(f"--device {device}: {build}; use --device cpu (or install a CUDA build of torch "
+                                f"on a machine with a GPU)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SenCacheError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SenCacheError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def load_model(args, progress: bool = False):
     """(pipeline, model folder or hub id) for the parsed ``args`` by the rules above, with the size flags
     attached as call defaults."""
     model = resolve_model(getattr(args, "model", None))
+    image_path = getattr(args, "image", None)
+    if image_path is not None and not Path(image_path).is_file():
+        raise SenCacheError(f"--image {image_path}: no such file")
     pipe = load_pipeline(model, resolve_device(getattr(args, "device", None)), getattr(args, "dtype", "float32"),
                          progress=progress)
     sizes = [getattr(args, k, None) for k in ("frames", "height", "width")]
     if any(v is not None for v in sizes):
         set_call_defaults(pipe, {**call_defaults(pipe), **size_kwargs(pipe, *sizes)})
+    attach_image(pipe, image_path)
     return pipe, model
+
+
+def takes_image(pipe) -> bool:
+    """Whether the pipeline is conditioned on an image (its ``__call__`` has an ``image`` argument)."""
+    return "image" in inspect.signature(type(pipe).__call__).parameters
+
+
+def attach_image(pipe, image_path) -> None:
+    """``--image`` as the pipeline's ``image`` call default; an image-to-video pipeline without one, or a
+    text-to-video pipeline with one, is refused with what to do."""
+    if image_path is None:
+        if takes_image(pipe) and "ImageToVideo" in type(pipe).__name__ and "image" not in call_defaults(pipe):
+            raise SenCacheError(f"{type(pipe).__name__} is an image-to-video pipeline: pass --image FILE")
+        return
+    if not takes_image(pipe):
+        raise SenCacheError(f"{type(pipe).__name__} takes no image (text-to-video); drop --image")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SenCacheError(f"--image {image_path}: not an image this machine can read ({exc})") from None
+    set_call_defaults(pipe, {**call_defaults(pipe), "image": image})
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -81,6 +81,9 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
         chosen = replace(config, eps=result["eps"], budget=result)
         _warn_out_of_reach(config, target, result, chosen.eps)
         return chosen
+    note = config.profile.check_covers(traj.timesteps, what="the stored calibration trajectories")
+    if note:
+        logger.warning(note)
     given = fixed_eps_start(config)
     result = solve_eps(config, target, traj, eps_start=given)
     result["eps_start_given"] = given is not None
@@ -113,19 +116,40 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
     return budget
 
 
-def recommended_eps(profile, default: float | None = None) -> float | None:
+def _check_solved_steps(profile, num_inference_steps: int | None) -> None:
+    meta = profile.metadata
+    loop = SenCacheConfig(profile, eps=0.0).loop
+    stored = (meta.get("loop") or {}) if loop else meta
+    if num_inference_steps is None or "recommended_eps" not in stored:
+        return
+    solved = stored.get("num_inference_steps") if loop else \
+        len((meta.get("trajectories") or {}).get("timesteps") or []) or meta.get("num_inference_steps")
+    if isinstance(solved, int) and solved != int(num_inference_steps):
+        nfe = stored.get("target_nfe")
+        raise SenCacheError(
+            f"the profile's recommended eps was solved for {solved} steps"
+            + (f" (NFE {nfe:g})" if isinstance(nfe, (int, float)) else "")
+            + f", not {num_inference_steps}: pass an eps (--eps), keep {solved} steps, or calibrate on "
+              f"{num_inference_steps} steps (`sencache calibrate --steps {num_inference_steps}`)")
+
+
+def recommended_eps(profile, default: float | None = None, num_inference_steps: int | None = None) -> float | None:
     """The profile's ``recommended_eps`` for the default rule, or ``default`` when it has none.
+
+    The stored ε was solved for the calibration's step count; asked for another ``num_inference_steps`` it would
+    give a different NFE than it promises, so that is refused with what to do instead.
 
     A profile written before the default rule changed (its ε schedule, or what reusing samples get) holds an
     ε solved for another rule, which would miss its NFE target; when it still holds its calibration
     trajectories, ε is solved again here for the stored ``target_nfe`` (an offline replay, no model call),
     with a log line saying so."""
     meta = profile.metadata
+    _check_solved_steps(profile, num_inference_steps)
     if SenCacheConfig(profile, eps=0.0).loop:  # the closed loop keeps its own tolerance
         eps = (meta.get("loop") or {}).get("recommended_eps")
-        return float(eps) if isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0 else default
+        return float(eps) if isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0 else default
     eps = meta.get("recommended_eps")
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         return default
     default_rule = SenCacheConfig(profile)
     current = {"eps_schedule": as_schedule(DEFAULT_EPS_SCHEDULE).to_dict(), "forecast": default_rule.forecast}

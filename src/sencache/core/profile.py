@@ -73,8 +73,8 @@ class SensitivityProfile:
         self.timesteps = _as_float_list("timesteps", timesteps)
         self.jx = _as_float_list("jx", jx)
         self.jt = _as_float_list("jt", jt)
-        self.spread = {k: _as_float_list(k, v) for k, v in (spread or {}).items()}
-        self.curves = {k: _as_float_list(k, v) for k, v in (curves or {}).items()}
+        self.spread = {k: _as_float_list(k, v) for k, v in _as_dict("spread", spread).items()}
+        self.curves = {k: _as_float_list(k, v) for k, v in _as_dict("curves", curves).items()}
         meta = dict(metadata.pop("metadata", {}) or {})
         meta.update(metadata)
         self.metadata = meta
@@ -101,13 +101,21 @@ class SensitivityProfile:
         for name, values in [("jx", self.jx), ("jt", self.jt), *self.spread.items(), *self.curves.items()]:
             if len(values) != n:
                 raise ProfileError(f"profile field '{name}' has {len(values)} entries but there are {n} timesteps")
-        for name, values in [("timesteps", self.timesteps), ("jx", self.jx), ("jt", self.jt)]:
+        for name, values in [("timesteps", self.timesteps), ("jx", self.jx), ("jt", self.jt),
+                             *self.spread.items(), *self.curves.items()]:
             if not all(math.isfinite(v) for v in values):
                 raise ProfileError(f"profile field '{name}' holds NaN or inf; recalibrate the profile")
-        if min(self.jx) < 0 or min(self.jt) < 0:
-            raise ProfileError("profile sensitivities must be >= 0; recalibrate the profile")
+        # every curve and spread is a norm, a percentile of norms or a count: a negative one is a broken file
+        for name, values in [("jx", self.jx), ("jt", self.jt), *self.spread.items(), *self.curves.items()]:
+            if min(values) < 0:
+                raise ProfileError(f"profile field '{name}' holds negative values (smallest {min(values):g}); "
+                                   f"sensitivities are >= 0: recalibrate the profile")
+        if max(self.jx) == 0 and max(self.jt) == 0:
+            raise ProfileError("profile sensitivities are all 0, which would predict no change anywhere and reuse "
+                               "every step; recalibrate the profile with `sencache calibrate`")
         if len(set(self.timesteps)) != n:
             raise ProfileError("profile timesteps must be distinct")
+        _check_stored_eps(self.metadata)
 
     # --- lookup -------------------------------------------------------------------------------
     def lookup(self, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +138,28 @@ class SensitivityProfile:
             return interpolate(tt, self._t, values)
 
         return self._memoised((name, id(curve), len(curve), *tt.tolist()), compute)
+
+    def check_covers(self, timesteps, what: str = "this run") -> str | None:
+        """Refuse timesteps the grid does not cover, or say how many it misses.
+
+        Lookups clamp at the grid's ends, which is right for a step a little past them and silently wrong for a
+        grid in other units (0-1 against 0-1000) or one measured on part of the range. Steps further than 5 % of
+        the run's span outside the grid count as missed: more than half missed raises a ProfileError, fewer
+        return a warning to show (None when all are covered)."""
+        run = np.asarray(torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1).tolist(), dtype=np.float64)
+        if run.size == 0:
+            return None
+        lo, hi = float(self._t[0]), float(self._t[-1])
+        tol = 0.05 * max(float(run.max() - run.min()), hi - lo, 1e-12)
+        missed = int(np.sum((run < lo - tol) | (run > hi + tol)))
+        if missed == 0:
+            return None
+        where = (f"{missed} of {run.size} timesteps of {what} ({run.min():g}..{run.max():g}) lie outside the "
+                 f"profile's grid ({lo:g}..{hi:g})")
+        if 2 * missed > run.size:
+            raise ProfileError(f"{where}: the profile is in other timestep units or from another scheduler; "
+                               f"recalibrate it on this pipeline with `sencache calibrate`")
+        return f"sencache: {where}; their sensitivities are taken from the grid's nearest end"
 
     # --- compatibility ------------------------------------------------------------------------
     def check_model(self, model: torch.nn.Module, expert: str = "transformer") -> None:
@@ -292,6 +322,27 @@ class SensitivityProfile:
             f"SensitivityProfile({len(self.timesteps)} timesteps {min(self.timesteps):g}..{max(self.timesteps):g}, "
             f"model={m.get('model_class', '?')}, samples={m.get('num_samples', '?')})"
         )
+
+
+def _as_dict(name: str, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProfileError(f"profile field '{name}' must be a mapping of name -> list of numbers "
+                           f"(got {type(value).__name__}); recalibrate the profile")
+    return value
+
+
+def _check_stored_eps(metadata: dict) -> None:
+    """A stored ``recommended_eps`` (the default rule's, or the closed loop's) must be a usable tolerance: a broken
+    one would otherwise be replaced by a default ε in silence."""
+    for where, meta in (("metadata", metadata), ("metadata.loop", metadata.get("loop"))):
+        if not isinstance(meta, dict) or "recommended_eps" not in meta:
+            continue
+        eps = meta["recommended_eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ProfileError(f"profile {where}.recommended_eps must be a number >= 0 (got {eps!r}); remove it or "
+                               f"solve it again with sencache.budget.recommend(profile, target_nfe)")
 
 
 def _reject_constant(name: str):

@@ -89,6 +89,10 @@ def read_reference_table(path, latent_shape: Sequence[int]) -> ReferenceTable:
     if t.min() < lo or t.max() > hi:
         raise ProfileError(f"{path}: timesteps span {t.min():g}..{t.max():g}, outside the scheduler's {lo:g}–{hi:g} "
                            f"units the reference tables use")
+    if steps > 1 and t.max() <= 1.0:  # 0-1 sigmas read as 0-1000 timesteps would clamp every lookup
+        raise ProfileError(f"{path}: timesteps span {t.min():g}..{t.max():g}, which looks like 0-1 units (sigmas), "
+                           f"not the 0-1000 scheduler timesteps the reference tables use; convert the table first "
+                           f"(timesteps x 1000 and J_t / 1000) or calibrate with `sencache calibrate`")
     if np.unique(t).size != steps:
         raise ProfileError(f"{path}: timesteps are not distinct")
     dropped = [float(v) for v in t[~keep]]

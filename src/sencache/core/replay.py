@@ -63,7 +63,7 @@ def simulate_sample(config, timesteps: np.ndarray, dist: np.ndarray, eps, eps_st
             s1 = guarded_forecast_change(s1, s, getattr(config, "forecast_guard", None))
             s = np.where(s1 < s, s1, s)
         score[k] = s
-        reuse = np.isfinite(s) & (s <= thr[k]) & (run < config.max_reuse)
+        reuse = np.isfinite(s) & (s <= thr[k]) & (thr[k] > 0) & (run < config.max_reuse)  # as the online rule
         if k >= final_from:
             reuse[:] = False
         computed[k] = ~reuse

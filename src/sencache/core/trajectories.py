@@ -107,4 +107,7 @@ def trajectories_of(profile) -> Trajectories:
     for d in dist:
         if not np.all(np.isfinite(d)):
             raise SenCacheError(f"a stored trajectory holds NaN or inf; {RECALIBRATE}")
+        if np.any(d < 0):
+            raise SenCacheError(f"a stored trajectory holds negative distances (smallest {float(d.min()):g}); "
+                                f"{RECALIBRATE}")
     return Trajectories(ts, dist, list(info.get("prompts") or []))

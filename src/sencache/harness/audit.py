@@ -254,6 +254,11 @@ def audit(pipe, prompts: Sequence[str], seeds: Sequence[int], config, *, baselin
         "stats": correlations(records),
         "records": [asdict(r) for r in records],
     }
+    if not result["stats"]:  # nothing to correlate: say so instead of writing an empty table and plot
+        settings = ", ".join(name + "".join(f" {k}={v:g}" for k, v in desc.items() if isinstance(v, (int, float)))
+                             for name, desc in result["methods"].items())
+        raise SenCacheError(f"no method reused a step at these settings ({settings}), so there is no predicted vs "
+                            f"actual error to audit; raise --eps (or give --target-nfe below --steps)")
     if out_dir is not None:
         result["files"] = {k: str(v) for k, v in write_audit(result, out_dir).items()}
     return result

@@ -33,7 +33,7 @@ def _timestep_value(args, kwargs) -> float | None:
     if t is None and len(args) > 1:
         t = args[1]
     if isinstance(t, torch.Tensor) and t.numel() > 0:
-        return float(t.reshape(-1)[0])
+        return float(t.max())  # per-token timesteps (image-to-video): the conditioning frame's tokens have 0
     if isinstance(t, (int, float)):
         return float(t)
     return None

@@ -12,7 +12,7 @@ from sencache.errors import SenCacheError
 def read_prompts(path) -> list[str]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of the first prompt
     except FileNotFoundError:
         raise SenCacheError(f"prompt file {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -326,7 +326,7 @@ class SenCacheRule:
             if s1 is not None:
                 score = torch.where(order > 0, s1, score)
             finite = torch.isfinite(score)
-            under = finite & (score <= eps)
+            under = finite & (score <= eps) & (eps > 0)  # ε = 0 disables reuse, even where S is 0
             room = state.reuse_run < cfg.max_reuse
             reuse = under & room
             reasons = [
