@@ -3,8 +3,9 @@ method's thresholds are tuned on the calibration prompt in each run, so they agr
 
 * standing sets: runs/fair_<s> (every peer and the default `sencache`), runs/loop_<s> (the closed loop, holding:
   `sencache-loop`) and runs/loop_auto_<s> (hold or forecast: `sencache-loop-auto`) -> runs/merged_<s>/results.json;
-* the new draw: runs/draw_<s> (the strongest peers and `sencache-loop-auto`; Wan in two halves, seeds 201 and 202)
-  and runs/drawloop_<s> where it ran -> runs/merged_draw_<s>/results.json.
+* the new draw: runs/draw_<s> (the strongest peers and `sencache-loop-auto`; Wan in two halves, seeds 201 and 202),
+  runs/drawloop_<s> where it ran, and runs/drawdef_<s> (the default `sencache`, and `sencache-loop` on Wan and LTX;
+  runs/drawdef_queue.sh) -> runs/merged_draw_<s>/results.json.
     python scripts/merge_loop_results.py && python scripts/fair_tables.py
 """
 
@@ -94,5 +95,13 @@ for s in ("wan", "cogvideox", "ltx"):
         hold = load(f"drawloop_{s}")
         if hold:
             merged = insert(merged, renamed(hold, "sencache", "sencache-loop"), "sencache-loop")
+        # session 3: the default (the ε-schedule rule) and, where it was missing, the holding loop
+        default = halves(load("drawdef_wan_a"), load("drawdef_wan_b")) if s == "wan" and load("drawdef_wan_b") \
+            else load(f"drawdef_{s}")
+        if default:
+            if "sencache-loop" in default["methods"] and "sencache-loop" not in merged["methods"]:
+                merged = insert(merged, default, "sencache-loop")
+            merged = insert(merged, default, "sencache")
         write(f"merged_draw_{s}", merged, "the new draw of #37 (docs/draw37_prompts.txt): the closed loop "
-              "(sencache-loop-auto; sencache-loop where it ran) with the strongest peers")
+              "(sencache-loop-auto, sencache-loop) and the default (sencache, run in a later session with the same "
+              "protocol) with the strongest peers")
