@@ -355,3 +355,15 @@ def test_cli_refuses_an_image_for_a_text_to_video_pipeline(tmp_path, capsys):
     assert main(["generate", "--prompt", "a red circle", "--image", str(tmp_path / "none.png"),
                  "--out", str(tmp_path / "c.mp4")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_profile_records_the_image_and_resume_refuses_another(tmp_path):
+    pipe = build("ltx")
+    kwargs = dict(num_inference_steps=4, num_samples=2, progress=False, checkpoint=tmp_path / "ck")
+    first = calibrate(pipe, CALIBRATION_PROMPTS, **kwargs, **call())
+    assert len(first.metadata["conditioning"]["image"]) == 16
+    again = calibrate(pipe, CALIBRATION_PROMPTS, resume=True, **kwargs, **call())  # same image: continues
+    assert again.metadata["conditioning"] == first.metadata["conditioning"] and again.jx == first.jx
+    other = {**call(), "image": image(seed=1)}
+    with pytest.raises(sencache.SenCacheError, match="cannot resume"):
+        calibrate(pipe, CALIBRATION_PROMPTS, resume=True, **kwargs, **other)

@@ -132,12 +132,14 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     if progress and dist.is_main():
         _announce(num_samples, len(grid), per_step)
 
+    conditioning = target.conditioning_digest()
     saved = None
     if checkpoint is not None:
         saved = RunCheckpoint(checkpoint, {
             "model_class": model_class_name(target.transformer), "config_hash": model_config_hash(target.transformer),
             "grid": grid, "latent_shape": list(target.latent_shape), "guided": bool(guided),
             "guidance": target.guidance, "negative_prompt": target.negative_prompt, "dtype": str(target.dtype),
+            **({"conditioning": conditioning} if conditioning else {}),
             "samples": [[s.index, s.prompt, s.seed, None if s.video is None else video_names[s.video]]
                         for s in samples]}, resume=resume, what="calibration")
     mine = dist.shard(samples)
@@ -155,6 +157,8 @@ def calibrate(pipe, prompts: Sequence[str] | None, num_inference_steps: int = 50
     metadata = profile_metadata(pipe, target, guided, videos is not None, video_names, jt_curve, samples,
                                 num_inference_steps, per_step)
     metadata.update(target.expert_metadata(grid))
+    if conditioning:  # image-to-video: which image the profile was measured on
+        metadata["conditioning"] = conditioning
     if videos is None and all(c.dist is not None for c in curves):
         metadata["trajectories"] = trajectory_metadata(grid, [np.asarray(c.dist) for c in curves],
                                                        metadata["prompts"], metadata["seeds"])

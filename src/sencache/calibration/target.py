@@ -4,8 +4,10 @@ target adds the initial noise, the transformer call and the sampler step the way
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 
+import numpy as np
 import torch
 
 from sencache.core.profile import model_class_name, model_config_hash
@@ -51,6 +53,19 @@ class PipelineTarget:
             raise SenCacheError(f"calibrating {type(self.pipe).__name__} needs the conditioning image: pass "
                                 f"image=... (a PIL image) to calibrate(), or attach it as a call default")
         return image
+
+    def conditioning_digest(self) -> dict:
+        """A short sha256 per conditioning image (``image``, ``last_image``) of this calibration, so the profile
+        says which image it was measured on and a resumed run with another image is refused; {} for text-only."""
+        out = {}
+        for key in ("image", "last_image"):
+            value = self.settings.get(key)
+            if value is None:
+                continue
+            array = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            digest = hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
+            out[key] = digest[:16]
+        return out
 
     def use_true_cfg(self) -> None:
         """FLUX and HunyuanVideo: ``guidance_scale`` is the embedded (distilled) guidance, and classifier-free
