@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # #37, session 3: the per-family choice on design prompts (docs/design_prompts.txt, seed 0), never reported pairs
-cd "$(dirname "$0")/.."
-export PYTHONPATH=runs/frozen_s3/src
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=runs/frozen_s3/src  # made by: git archive ef76649 src | tar -x -C runs/frozen_s3
 W=src/sencache/demo_model
 for s in cogvideox ltx wan; do
   case $s in wan) m=$W/weights;; *) m=$W/weights_$s;; esac
