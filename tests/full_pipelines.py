@@ -104,7 +104,9 @@ def _wan22(tokenizer):
     return pipe, dict(height=32, width=32, num_frames=9)
 
 
-def _cogvideox(tokenizer):
+def _cogvideox(tokenizer, pipeline_class=None, **transformer):
+    """A tiny CogVideoXPipeline (or ``pipeline_class`` built from the same parts; ``transformer`` overrides its
+    config, e.g. the image-to-video input channels)."""
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
     from transformers import T5Config, T5EncoderModel
@@ -115,14 +117,14 @@ def _cogvideox(tokenizer):
                  latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
     # heads * head_dim must be a multiple of 16 for the 3D sin-cos positional embedding; sample_* = latent size
     # of the default call (32x32x9), so the pipeline's defaults match the returned sizes
-    transformer = seeded(CogVideoXTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                         out_channels=4, time_embed_dim=8, text_embed_dim=16, num_layers=2, sample_width=4,
-                         sample_height=4, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
-                         max_text_seq_length=TEXT_LEN)
+    transformer = seeded(CogVideoXTransformer3DModel, **{
+        **dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
+               text_embed_dim=16, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+               temporal_compression_ratio=4, max_text_seq_length=TEXT_LEN), **transformer})
     # CogVideoX-2b's scheduler settings (v-prediction, zero terminal SNR)
     scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing",
                                        rescale_betas_zero_snr=True, clip_sample=False)
-    pipe = CogVideoXPipeline(
+    pipe = (pipeline_class or CogVideoXPipeline)(
         tokenizer=tokenizer, text_encoder=build_text_encoder(T5Config, T5EncoderModel, len(tokenizer), 16),
         vae=vae, transformer=transformer, scheduler=scheduler)
     return pipe, dict(height=32, width=32, num_frames=9)

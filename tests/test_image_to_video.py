@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BlockCounter, flat_profile
-from full_pipelines import TEXT_LEN, _ltx, _wan_vae, build_text_encoder, build_tokenizer, seeded
+from full_pipelines import TEXT_LEN, _cogvideox, _ltx, _wan_vae, build_text_encoder, build_tokenizer, seeded
 from test_adapter import expected_max_reuse_pattern
 
 import sencache
@@ -102,25 +102,10 @@ def ltx():
 
 
 def cogvideox():
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                           CogVideoXTransformer3DModel)
-    from transformers import T5Config, T5EncoderModel
+    from diffusers import CogVideoXImageToVideoPipeline
 
-    blocks = 4
-    vae = seeded(AutoencoderKLCogVideoX, down_block_types=("CogVideoXDownBlock3D",) * blocks,
-                 up_block_types=("CogVideoXUpBlock3D",) * blocks, block_out_channels=(8,) * blocks,
-                 latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
     # 4 noisy + 4 image-latent channels in; ofs_embed_dim (CogVideoX 1.5 I2V) must equal time_embed_dim
-    transformer = seeded(CogVideoXTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=8,
-                         out_channels=4, time_embed_dim=8, ofs_embed_dim=8, text_embed_dim=16, num_layers=2,
-                         sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
-                         temporal_compression_ratio=4, max_text_seq_length=TEXT_LEN)
-    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing",
-                                       rescale_betas_zero_snr=True, clip_sample=False)
-    tokenizer = build_tokenizer()
-    return CogVideoXImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=build_text_encoder(T5Config, T5EncoderModel, len(tokenizer), 16),
-        vae=vae, transformer=transformer, scheduler=scheduler)
+    return _cogvideox(build_tokenizer(), CogVideoXImageToVideoPipeline, in_channels=8, ofs_embed_dim=8)[0]
 
 
 BUILDERS = {"wan21": wan21, "wan22": wan22, "wan22_ti2v": wan22_ti2v, "ltx": ltx, "cogvideox": cogvideox}

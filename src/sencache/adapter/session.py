@@ -215,7 +215,7 @@ class CacheSession:
         """The profile's grid against this run's timesteps: refused when it misses most of them, a warning once per
         scheduler grid when it misses some (see SensitivityProfile.check_covers)."""
         profile, grid = getattr(self.config, "profile", None), self._scheduler_grid()
-        if profile is None or grid is None or not hasattr(profile, "check_covers"):
+        if profile is None or grid is None:
             return None
         key = (id(profile), id(self.scheduler.timesteps))
         if self._grid_checked == key:

@@ -15,26 +15,21 @@ from sencache.calibration.wan_target import WanTarget, is_wan
 from sencache.errors import UnsupportedModelError
 
 
+# (does this pipeline match?, its target), first match wins: each I2V sibling before its text-to-video family
+TARGETS = (
+    (is_wan, WanTarget), (is_wan_i2v, WanImageToVideoTarget),
+    (is_cogvideox_i2v, CogVideoXImageToVideoTarget), (is_ltx_i2v, LTXImageToVideoTarget),
+    (is_cogvideox, CogVideoXTarget), (is_ltx, LTXTarget), (is_flux, FluxTarget), (is_hunyuan_video, HunyuanVideoTarget),
+)
+
+
 def target_for(pipe, pipe_kwargs: dict) -> PipelineTarget:
     """The target for ``pipe``: WanPipeline (Wan 2.1, and Wan 2.2's two experts), CogVideoXPipeline, LTXPipeline,
     HunyuanVideoPipeline (text-to-video), their image-to-video siblings WanImageToVideoPipeline,
     CogVideoXImageToVideoPipeline and LTXImageToVideoPipeline, or FluxPipeline (text-to-image)."""
-    if is_wan(pipe):
-        return WanTarget(pipe, pipe_kwargs)
-    if is_wan_i2v(pipe):
-        return WanImageToVideoTarget(pipe, pipe_kwargs)
-    if is_cogvideox_i2v(pipe):
-        return CogVideoXImageToVideoTarget(pipe, pipe_kwargs)
-    if is_ltx_i2v(pipe):
-        return LTXImageToVideoTarget(pipe, pipe_kwargs)
-    if is_cogvideox(pipe):
-        return CogVideoXTarget(pipe, pipe_kwargs)
-    if is_ltx(pipe):
-        return LTXTarget(pipe, pipe_kwargs)
-    if is_flux(pipe):
-        return FluxTarget(pipe, pipe_kwargs)
-    if is_hunyuan_video(pipe):
-        return HunyuanVideoTarget(pipe, pipe_kwargs)
+    for matches, target in TARGETS:
+        if matches(pipe):
+            return target(pipe, pipe_kwargs)
     raise UnsupportedModelError(
         f"calibrate supports WanPipeline, CogVideoXPipeline, LTXPipeline, HunyuanVideoPipeline and FluxPipeline for "
         f"now, got {type(pipe).__name__} (image-to-video: WanImageToVideoPipeline, CogVideoXImageToVideoPipeline and "

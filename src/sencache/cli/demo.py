@@ -108,11 +108,11 @@ def run(args) -> int:
                                 f"(or pass --profile)")
         profile = SensitivityProfile.load(profile_path)
         # thresholds tuned here (another --steps, --target or --retune) go to OUT/<system>/, never into the package
-        baselines, baselines_path = ensure_baselines(
+        baselines_path = out / name / BASELINES_NAME
+        baselines, _ = ensure_baselines(
             pipe, default_baselines_path(profile_path), (), calibration_prompts=calibration,
             num_inference_steps=args.steps, guidance_scale=args.guidance, fallback_dir=out / name,
-            save_path=out / name / BASELINES_NAME)
-        baselines_path = out / name / BASELINES_NAME
+            save_path=baselines_path)
         excluded = list(baselines.calibration_prompts) + list(profile.metadata.get("prompts") or [])
         prompts = default_evaluation_prompts(args.prompts, exclude=excluded)
         results = run_demo(pipe, profile, baselines, baselines_path, prompts, out / name, steps=args.steps,

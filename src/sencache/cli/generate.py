@@ -89,8 +89,8 @@ def check_cache_options(args) -> None:
 
 
 def attach_cache(args, pipe):
-    """Apply the method asked for on the command line; returns a handle with ``stats()`` and ``remove()``."""
-    check_cache_options(args)
+    """Apply the method asked for on the command line (its flags already passed :func:`check_cache_options`);
+    returns a handle with ``stats()`` and ``remove()``."""
     spec = get_method(args.cache)
     profile_path = resolve_profile_path(args.profile, resolve_model(args.model))
     ctx = MethodContext(num_inference_steps=args.steps)

@@ -83,26 +83,25 @@ def resolve_profile_path(profile, model: Path | str) -> Path:
     return Path(model) / PROFILE_NAME
 
 
-def seed_value(text: str) -> int:
-    """argparse type of every seed: an integer in [0, 2**64), the range torch's generators take."""
+def _whole_number(text: str, what: str, low: int, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number (got {text!r})") from None
-    if not 0 <= value < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"a seed must be between 0 and 2**64 - 1 (got {value})")
+        raise argparse.ArgumentTypeError(f"{what} is a whole number (got {text!r})") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"{what} must be {bounds} (got {value})")
     return value
+
+
+def seed_value(text: str) -> int:
+    """argparse type of every seed: an integer in [0, 2**64), the range torch's generators take."""
+    return _whole_number(text, "a seed", 0, 2 ** 64 - 1)
 
 
 def step_count(text: str) -> int:
     """argparse type of ``--steps``: a whole number >= 1 (commands that need more say so)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the step count is a whole number (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"the step count must be at least 1 (got {value})")
-    return value
+    return _whole_number(text, "the step count", 1)
 
 
 def resolve_device(device) -> torch.device:

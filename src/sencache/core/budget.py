@@ -116,9 +116,8 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
     return budget
 
 
-def _check_solved_steps(profile, num_inference_steps: int | None) -> None:
+def _check_solved_steps(profile, loop: bool, num_inference_steps: int | None) -> None:
     meta = profile.metadata
-    loop = SenCacheConfig(profile, eps=0.0).loop
     stored = (meta.get("loop") or {}) if loop else meta
     if num_inference_steps is None or "recommended_eps" not in stored:
         return
@@ -144,8 +143,9 @@ def recommended_eps(profile, default: float | None = None, num_inference_steps: 
     trajectories, ε is solved again here for the stored ``target_nfe`` (an offline replay, no model call),
     with a log line saying so."""
     meta = profile.metadata
-    _check_solved_steps(profile, num_inference_steps)
-    if SenCacheConfig(profile, eps=0.0).loop:  # the closed loop keeps its own tolerance
+    loop = SenCacheConfig(profile, eps=0.0).loop
+    _check_solved_steps(profile, loop, num_inference_steps)
+    if loop:  # the closed loop keeps its own tolerance
         eps = (meta.get("loop") or {}).get("recommended_eps")
         return float(eps) if isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0 else default
     eps = meta.get("recommended_eps")

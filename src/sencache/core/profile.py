@@ -146,7 +146,7 @@ class SensitivityProfile:
         grid in other units (0-1 against 0-1000) or one measured on part of the range. Steps further than 5 % of
         the run's span outside the grid count as missed: more than half missed raises a ProfileError, fewer
         return a warning to show (None when all are covered)."""
-        run = np.asarray(torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1).tolist(), dtype=np.float64)
+        run = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1).cpu().numpy()
         if run.size == 0:
             return None
         lo, hi = float(self._t[0]), float(self._t[-1])

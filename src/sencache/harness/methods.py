@@ -273,12 +273,11 @@ def _ours_settings(name: str):
     def settings(value, ctx: MethodContext) -> dict:
         T = ctx.num_inference_steps
         if name in ("sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto"):
-            if ctx.profile is not None and ours_config(name, value, ctx).loop:
-                c = ours_config(name, value, ctx)
+            c = ours_config(name, value, ctx) if ctx.profile is not None else None
+            if c is not None and c.loop:
                 cfg = {"rule": "closed loop", "max_reuse": c.max_reuse, "final_steps": c.final_steps,
                        "learn_momentum": c.learn_momentum, "combine": ctx.profile.metadata["loop"]["combine"]}
-            elif ctx.profile is not None:
-                c = ours_config(name, value, ctx)
+            elif c is not None:
                 cfg = {"eps_start": c.eps_start, "warmup_fraction": c.warmup_fraction, "max_reuse": c.max_reuse,
                        "final_steps": c.final_steps, "eps_schedule": c.eps_schedule.name if c.eps_schedule else None,
                        "forecast": c.forecast}
