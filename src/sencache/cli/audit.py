@@ -127,7 +127,7 @@ def run_cli(args) -> int:
         _ensure_correction(pipe, profile, args, out, progress)
 
     if not args.skip_audit:
-        kwargs = dict(max_reuse=args.max_reuse, correction=args.correction)
+        kwargs = dict(max_reuse=args.max_reuse, correction=args.correction, loop=False)  # audits the S rule
         if args.target_nfe is not None:
             config = with_target(SenCacheConfig(profile, **kwargs), args.target_nfe)
         else:

@@ -29,7 +29,7 @@ from sencache.cli.options import (
     set_threads,
     step_count,
 )
-from sencache.core.budget import recommended_eps
+from sencache.core.budget import budget_steps, recommended_eps, with_target
 from sencache.core.presets import PRESETS
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.sencache import SenCacheConfig
@@ -83,6 +83,12 @@ def check_cache_options(args) -> None:
     if getattr(args, "target_psnr", None) is not None and (args.cache != "sencache" or args.preset):
         raise SenCacheError("--target-psnr is the closed-loop SenCache's quality target; use it with --cache sencache "
                             "and without --preset")
+    if getattr(args, "target_nfe", None) is not None:
+        if args.cache != "sencache" or args.preset or args.eps is not None or getattr(args, "target_psnr", None):
+            raise SenCacheError("--target-nfe is SenCache's budget mode; use it with --cache sencache and without "
+                                "--eps, --preset or --target-psnr")
+        if not (np.isfinite(args.target_nfe) and 1 <= args.target_nfe <= args.steps):
+            raise SenCacheError(f"--target-nfe must be between 1 and --steps {args.steps} (got {args.target_nfe:g})")
     if args.preset and args.cache != "sencache":
         raise SenCacheError(f"--preset sets SenCache's own settings; use it with --cache sencache (not {args.cache})")
     get_method(args.cache)  # an unknown name fails here
@@ -104,6 +110,8 @@ def attach_cache(args, pipe):
             return SessionHandle(pipe, SenCacheConfig.preset(args.preset, ctx.profile, **overrides))
         if getattr(args, "target_psnr", None) is not None:
             return SessionHandle(pipe, SenCacheConfig(ctx.profile, eps=value, target_psnr=args.target_psnr))
+        if getattr(args, "target_nfe", None) is not None:
+            return SessionHandle(pipe, budget_config(ctx.profile, args.target_nfe, args.steps))
         if value is None:
             value = recommended_eps(ctx.profile, num_inference_steps=args.steps)
     if "baselines" in spec.needs:
@@ -116,6 +124,20 @@ def attach_cache(args, pipe):
     if reason:
         raise SenCacheError(f"{args.cache}: {reason}")
     return spec.apply(pipe, value, ctx)
+
+
+def budget_config(profile, target_nfe: float, steps: int) -> SenCacheConfig:
+    """SenCache in budget mode for ``--target-nfe``: the default rule for the model and budget, its ε replayed on
+    the profile's calibration runs (which must have been measured at ``steps`` steps)."""
+    config = SenCacheConfig(profile)
+    solved_at = budget_steps(profile)
+    if solved_at is not None and solved_at != steps:
+        raise SenCacheError(f"--target-nfe counts steps of the profile's calibration ({solved_at} steps), not "
+                            f"{steps}: keep --steps {solved_at}, pass --eps, or calibrate on {steps} steps")
+    config = with_target(config, float(target_nfe))
+    print(f"budget mode: the {config.budget['rule_name']} rule at eps {config.eps:.4g} "
+          f"(simulated NFE {config.budget['simulated_nfe']:g} of {steps} on the calibration runs)")
+    return config
 
 
 def run_jobs(args) -> int:
@@ -192,6 +214,10 @@ def add_cli(sub) -> None:
                    "fbcache, seacache, taylorseer, dbcache, ... (see `sencache compare --help`)")
     p.add_argument("--eps", type=float, default=None,
                    help="the method's threshold (SenCache: eps; default: the profile's recommended eps)")
+    p.add_argument("--target-nfe", type=float, default=None, metavar="N",
+                   help="SenCache's budget mode: about N computed steps per clip; the rule (closed loop or "
+                        "eps-schedule) is the default for the model family and budget, its eps replayed on the "
+                        "profile's calibration runs")
     p.add_argument("--target-psnr", type=float, default=None,
                    help="SenCache's quality target (dB against the uncached clip): each sample reuses while its "
                         "predicted PSNR stays at or above it; needs a profile with the closed-loop calibration")

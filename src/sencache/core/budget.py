@@ -34,6 +34,7 @@ import logging
 import math
 from dataclasses import replace
 
+from sencache.core.default_rule import LOOP_AUTO, LOOP_HOLD, SCHEDULE, rule_for_profile
 from sencache.core.loop_replay import solve_loop_eps
 from sencache.core.replay import fixed_eps_start, solve_eps
 from sencache.core.rules.sencache import SenCacheConfig
@@ -51,7 +52,10 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
     The rule is replayed on the calibration trajectories stored in the profile (see the module docstring);
     ``config.budget`` of the result records the target, the chosen ε, the simulated NFE and its plateau.
     ``eps_start`` stays tied to ``eps / 10`` unless ``config`` fixed it. A target out of reach with these
-    settings logs a warning and takes the nearest plateau.
+    settings logs a warning and takes the nearest plateau. A config that left the rule to the default
+    (``SenCacheConfig(profile)``: no ``loop``, ``forecast``, ``eps_schedule``, ``correction`` or ``target_psnr``
+    given) gets the rule :mod:`sencache.core.default_rule` picks for the model's family and this budget;
+    ``config.budget["rule_name"]`` says which.
 
     Args:
         config: the rule's settings (its ``eps`` is ignored, everything else is kept).
@@ -76,11 +80,41 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
         target = target_nfe
         if isinstance(target, bool) or not isinstance(target, (int, float)):
             raise SenCacheError(f"target_nfe must be a number (got {target!r})")
+    rule = None
+    if config.rule_left_to_default:
+        rule = rule_for_profile(config.profile, target, T)
+        config = config_for_rule(config, rule)
+    chosen = _solve(config, target, traj)
+    chosen.budget["rule_name"] = rule or rule_of(chosen)
+    chosen.budget["rule_picked_by"] = "the default per model family and budget" if rule else "the config"
+    return chosen
+
+
+def config_for_rule(config: SenCacheConfig, rule: str) -> SenCacheConfig:
+    """``config`` with one of :data:`sencache.core.default_rule.RULES` made explicit (every other setting kept)."""
+    eps_start = None if config.eps_start_tied else config.eps_start  # a tied eps_start stays tied
+    if rule == SCHEDULE:
+        return replace(config, loop=False, eps_start=eps_start)
+    if rule in (LOOP_HOLD, LOOP_AUTO):
+        return replace(config, loop=True, forecast="auto" if rule == LOOP_AUTO else "hold", eps_start=eps_start)
+    raise SenCacheError(f"unknown rule {rule!r}; choose from {SCHEDULE}, {LOOP_HOLD}, {LOOP_AUTO}")
+
+
+def rule_of(config: SenCacheConfig) -> str:
+    """The name of ``config``'s rule (:data:`sencache.core.default_rule.RULES`; a configured ε-schedule rule is
+    "schedule" too)."""
+    if not config.loop:
+        return SCHEDULE
+    return LOOP_AUTO if config.forecast == "auto" else LOOP_HOLD
+
+
+def _solve(config: SenCacheConfig, target: float, traj) -> SenCacheConfig:
     if config.loop:  # the closed loop replays on its own calibration runs
         result = solve_loop_eps(config, target)
         chosen = replace(config, eps=result["eps"], budget=result)
         _warn_out_of_reach(config, target, result, chosen.eps)
         return chosen
+    traj = traj if traj is not None else trajectories_of(config.profile)
     note = config.profile.check_covers(traj.timesteps, what="the stored calibration trajectories")
     if note:
         logger.warning(note)
@@ -90,6 +124,15 @@ def with_target(config: SenCacheConfig, target_nfe: float | None = None, *,
     chosen = replace(config, eps=result["eps"], eps_start=given, budget=result)
     _warn_out_of_reach(config, target, result, chosen.eps)
     return chosen
+
+
+def budget_steps(profile) -> int | None:
+    """The step count the profile's calibration runs (what budget mode replays) were measured at, or None."""
+    loop = profile.metadata.get("loop")
+    if isinstance(loop, dict) and isinstance(loop.get("num_inference_steps"), int):
+        return loop["num_inference_steps"]
+    steps = len((profile.metadata.get("trajectories") or {}).get("timesteps") or [])
+    return steps or None
 
 
 def _warn_out_of_reach(config, target: float, result: dict, eps: float) -> None:
@@ -105,6 +148,8 @@ def recommend(profile, target_nfe: float, **config_kwargs) -> dict:
     """Solve ε for ``target_nfe`` with the default rule settings and store it in ``profile.metadata``
     (``recommended_eps``, ``target_nfe``, ``budget``). Returns the budget dict."""
 
+    if "target_psnr" not in config_kwargs:  # the ε a plain SenCacheConfig(profile) uses: the ε-schedule rule's
+        config_kwargs.setdefault("loop", False)
     config = with_target(SenCacheConfig(profile, **config_kwargs), float(target_nfe))
     budget = dict(config.budget)
     if config.loop:
@@ -151,7 +196,7 @@ def recommended_eps(profile, default: float | None = None, num_inference_steps: 
     eps = meta.get("recommended_eps")
     if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         return default
-    default_rule = SenCacheConfig(profile)
+    default_rule = SenCacheConfig(profile, loop=False)  # ε mode (no budget to pick a rule by)
     current = {"eps_schedule": as_schedule(DEFAULT_EPS_SCHEDULE).to_dict(), "forecast": default_rule.forecast}
     budget = meta.get("budget") or {}
     solved_for = {"eps_schedule": budget.get("eps_schedule", current["eps_schedule"]),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from sencache.adapter.parallel import parallel_config_of
+from sencache.core.default_rule import SCHEDULE
 from sencache.core.profile import model_class_name, model_config_hash
 from sencache.errors import SenCacheError
 from sencache.harness import report
@@ -84,8 +85,25 @@ class Variant:
 
     method: str
     value: Any
-    key: str  # "sencache@eps=0.1" (the reference is just "none")
+    key: str  # "sencache@eps=0.1", "sencache@loop-hold:eps=0.001" (the reference is just "none")
     primary: bool  # the setting shown in videos and schedule plots
+    rule: str | None = None  # sencache: the rule it runs (MethodContext.rule); None: the ε-schedule rule
+
+    def context(self, ctx: MethodContext) -> MethodContext:
+        """``ctx`` as this variant runs in (its rule set)."""
+        return ctx if self.rule is None else replace(ctx, rule=self.rule)
+
+
+def pinned_value(spec, item) -> tuple[Any, str | None]:
+    """(value, rule) of one pinned setting: a number, or for a budget-aware method ``{"rule": r, "value": v}``
+    (what :func:`sencache.harness.tuning.tune_values` gives for ``sencache``)."""
+    if isinstance(item, dict):
+        if not spec.budget_aware:
+            raise SenCacheError(f"{spec.name} has one rule: pin it with a number, not {item!r}")
+        rule = item.get("rule")
+        rule = None if rule in (None, SCHEDULE) else str(rule)
+        return spec.coerce(item.get("value")), rule
+    return spec.coerce(item), None
 
 
 def make_jobs(prompts: Sequence[str], seeds: Sequence[int]) -> list[Job]:
@@ -134,10 +152,11 @@ def plan_variants(methods: Sequence[str], sweep: bool = False, values: dict | No
         else:
             chosen = [*spec.sweep, spec.default] if sweep else [spec.default]
             primary = spec.default
-        primary = spec.coerce(primary)
-        chosen = sorted({spec.coerce(v) for v in chosen})
-        for v in chosen:
-            variants.append(Variant(name, v, f"{name}@{spec.setting_id(v)}", v == primary))
+        primary = pinned_value(spec, primary)
+        chosen = sorted({pinned_value(spec, v) for v in chosen}, key=lambda vr: (vr[1] or "", vr[0]))
+        for v, rule in chosen:
+            key = f"{name}@{spec.setting_id(v)}" if rule is None else f"{name}@{rule}:{spec.setting_id(v)}"
+            variants.append(Variant(name, v, key, (v, rule) == primary, rule))
     return variants, skipped
 
 
@@ -162,7 +181,7 @@ def run_job(pipe, job: Job, variants: Sequence[Variant], ctx: MethodContext, gui
             if key is not None:
                 progress.set_postfix_str(f"{key} nfe={run.stats['nfe']} psnr={scores['psnr']:.1f}")
 
-    caches = {v.key: (lambda v=v: get_method(v.method).apply(pipe, v.value, ctx)) for v in variants}
+    caches = {v.key: (lambda v=v: get_method(v.method).apply(pipe, v.value, v.context(ctx))) for v in variants}
     ref, results = against_reference(pipe, job.prompt, job.seed, gen_kwargs, caches, use_lpips,
                                      reference=lambda: get_method(REFERENCE).apply(pipe, None, ctx), on_run=on_run)
     ref_stats = {"wall_s": ref.seconds, **ref.stats}
@@ -172,7 +191,7 @@ def run_job(pipe, job: Job, variants: Sequence[Variant], ctx: MethodContext, gui
     for v in variants:
         run, scores = results[v.key]
         stats = {"wall_s": run.seconds, **run.stats}
-        entry = {"method": v.method, "value": v.value, **stats, **scores}
+        entry = {"method": v.method, "value": v.value, **({"rule": v.rule} if v.rule else {}), **stats, **scores}
         entry["speedup"] = ref_stats["wall_s"] / stats["wall_s"] if stats["wall_s"] > 0 else None
         runs[v.key] = entry
         if keep_frames and v.primary:
@@ -234,7 +253,8 @@ def summarize(records: Sequence[dict], variants: Sequence[Variant], skipped: dic
             "key": v.key,
             "value": v.value,
             "primary": v.primary,
-            "setting": spec.setting(v.value, ctx),
+            **({"rule": v.rule} if v.rule else {}),
+            "setting": spec.setting(v.value, v.context(ctx)),
             "nfe": _mean(run["nfe"] for _, run in runs),
             "nfe_fraction": (_mean(run["nfe"] for _, run in runs) or 0.0) / T,
             "wall_s": wall,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from sencache.core.default_rule import SCHEDULE
 from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE
 from sencache.errors import SenCacheError
 from sencache.harness.compare import compare
-from sencache.harness.methods import MethodContext, get_method
+from sencache.harness.methods import MethodContext, default_rule_for, get_method
 from sencache.harness.report import write_report
 from sencache.harness.tuning import tune_threshold
 
@@ -28,17 +30,23 @@ SEED_PAGE_METHODS = ("magcache-fast", "sencache")  # the project page's columns
 
 def setting_key(method: str, steps: int, target_nfe: float, guidance: float, profile) -> str:
     """Where a tuned threshold is stored in ``baselines.settings``: it holds for one method, step count, target,
-    guidance (and, for SenCache, one profile and ε schedule)."""
+    guidance (and, for SenCache, one profile and the rule it runs at that target)."""
     key = f"{method}|T={steps}|nfe={target_nfe:g}|g={guidance:g}"
     if method == "sencache" and profile is not None:
-        data = profile.to_dict()  # the closed loop's calibration does not change the default rule's threshold
-        data["curves"] = {k: v for k, v in data.get("curves", {}).items() if k != "gain"}
-        data["metadata"] = {k: v for k, v in data.get("metadata", {}).items() if k != "loop"}
+        rule = default_rule_for(MethodContext(num_inference_steps=steps, profile=profile), target_nfe)
+        data = profile.to_dict()
+        if rule == SCHEDULE:  # the closed loop's calibration does not change the ε-schedule rule's threshold
+            data["curves"] = {k: v for k, v in data.get("curves", {}).items() if k != "gain"}
+            data["metadata"] = {k: v for k, v in data.get("metadata", {}).items() if k != "loop"}
+            rule = f"forecast={SenCacheConfig(profile, eps=0.0, loop=False).forecast}|schedule={DEFAULT_EPS_SCHEDULE}"
         digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-        default = SenCacheConfig(profile, eps=0.0)
-        rule = "loop" if default.loop else f"forecast={default.forecast}|schedule={DEFAULT_EPS_SCHEDULE}"
         key += f"|profile={digest}|{rule}"  # one rule's threshold
     return key
+
+
+def pinned(found: dict):
+    """What :func:`sencache.harness.compare.compare` is given for one tuned method: its value (with its rule)."""
+    return {"rule": found["rule"], "value": found["value"]} if found.get("rule") else found["value"]
 
 
 def choose_settings(pipe, baselines, baselines_path, profile, methods, steps: int, target_nfe: float,
@@ -55,10 +63,15 @@ def choose_settings(pipe, baselines, baselines_path, profile, methods, steps: in
             chosen[method] = stored
             continue
         start = time.perf_counter()
-        found = tune_threshold(pipe, method, target_nfe, prompts, seeds, ctx, guidance_scale=guidance, iterations=6)
+        rule = default_rule_for(ctx, target_nfe) if get_method(method).budget_aware else None
+        run_ctx = ctx if rule is None else replace(ctx, rule=rule)
+        found = tune_threshold(pipe, method, target_nfe, prompts, seeds, run_ctx, guidance_scale=guidance,
+                               iterations=6)
+        if rule is not None:
+            found["rule"] = rule
         found["seconds"] = round(time.perf_counter() - start, 1)
         param = get_method(method).param
-        log(f"  {method}: {param} {found['value']:g} gives NFE {found['nfe']:g} on the calibration prompt "
+        log(f"  {method}{f' ({rule} rule)' if rule else ''}: {param} {found['value']:g} gives NFE {found['nfe']:g} on the calibration prompt "
             f"({len(found['evaluations'])} runs, {found['seconds']:.0f} s)")
         baselines.settings[key] = found
         chosen[method] = found
@@ -95,8 +108,8 @@ def run_demo(pipe, profile, baselines, baselines_path, prompts: Sequence[str], o
     log(f"choosing thresholds for about {target_nfe} of {steps} computed steps (calibration prompt only):")
     chosen = choose_settings(pipe, baselines, baselines_path, profile, methods, steps, target_nfe, guidance,
                              retune=retune, log=log)
-    values = {m: chosen[m]["value"] for m in methods}
-    log("  " + ", ".join(f"{m} {values[m]:g} (NFE {chosen[m]['nfe']:g} on calibration)" for m in methods))
+    values = {m: pinned(chosen[m]) for m in methods}
+    log("  " + ", ".join(f"{m} {chosen[m]['value']:g} (NFE {chosen[m]['nfe']:g} on calibration)" for m in methods))
     log(f"running uncached + {', '.join(methods)} on {len(prompts)} held-out prompt(s), seed {seed}")
     results = compare(pipe, prompts, [seed], list(methods), num_inference_steps=steps,
                       guidance_scale=guidance, out_dir=out, profile=profile, baselines=baselines, values=values,

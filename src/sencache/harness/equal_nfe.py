@@ -7,12 +7,17 @@ A target outside a method's measured NFE range is reported as unreachable, never
 The "area" summary is the mean interpolated PSNR over the targets a method reaches. The tail (10th-percentile and
 worst-pair PSNR, worst-pair LPIPS) is interpolated the same way; the broken-clip and schedule counts, being
 whole numbers, are read off the setting nearest in NFE.
+
+A method that runs a different rule per budget (``sencache``: see :mod:`sencache.core.default_rule`) is read at each
+target off the curve of the rule its tuning chose for that target, never off a line between two rules; each of its
+rules also gets a row of its own ("sencache · loop-hold").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from sencache.core.default_rule import SCHEDULE
 from sencache.harness.report import fmt_number
 from sencache.harness.tails import BROKEN_PSNR_DB, with_tails
 
@@ -52,6 +57,35 @@ def nearest_at(entry: dict, key: str, target: float) -> int | None:
     return int(min(settings, key=lambda s: abs(float(s["nfe"]) - target))[key])
 
 
+def setting_rule(setting: dict) -> str:
+    """The rule one setting ran (settings without one ran the ε-schedule rule)."""
+    return setting.get("rule") or SCHEDULE
+
+
+def rules_by_target(results: dict, name: str) -> dict[float, str]:
+    """{target NFE: rule} from the tuning of a method that picks its rule per budget; empty for the others."""
+    return {float(r["target_nfe"]): r["rule"] for r in results.get("tuning", {}).get(name, [])
+            if isinstance(r, dict) and r.get("default_for_target") and r.get("rule")}
+
+
+def only_rule(entry: dict, rule: str) -> dict:
+    """``entry`` with only the settings of ``rule``."""
+    return {**entry, "settings": [s for s in entry.get("settings", []) if setting_rule(s) == rule]}
+
+
+def _row(entry: dict, targets, rule_at=None) -> dict:
+    def part(t):  # the curve the target is read off
+        return entry if rule_at is None else only_rule(entry, rule_at.get(float(t), SCHEDULE))
+    row = {m: [at_nfe(part(t), m, float(t)) for t in targets] for m in METRICS + TAIL_METRICS}
+    row.update({k: [nearest_at(part(t), k, float(t)) for t in targets] for k in COUNTS})
+    for metric, summary in (("psnr", "mean_psnr"), ("psnr_p10", "mean_psnr_p10")):
+        reached = [v for v in row[metric] if v is not None]
+        row[summary] = float(np.mean(reached)) if len(reached) == len(targets) else None
+    if rule_at is not None:
+        row["rule"] = [rule_at.get(float(t), SCHEDULE) for t in targets]
+    return row
+
+
 def equal_nfe(results: dict, targets) -> dict:
     """``{method: {"psnr": [v or None per target], "ssim", "lpips", "psnr_p10", "psnr_min", "lpips_max",
     "broken", "schedules": [...], "mean_psnr": m or None, "mean_psnr_p10": m or None}}`` for every method of a
@@ -61,12 +95,14 @@ def equal_nfe(results: dict, targets) -> dict:
     for name, entry in results["methods"].items():
         if not entry.get("available", True) or entry.get("param") is None:
             continue
-        row = {m: [at_nfe(entry, m, float(t)) for t in targets] for m in METRICS + TAIL_METRICS}
-        row.update({k: [nearest_at(entry, k, float(t)) for t in targets] for k in COUNTS})
-        for metric, summary in (("psnr", "mean_psnr"), ("psnr_p10", "mean_psnr_p10")):
-            reached = [v for v in row[metric] if v is not None]
-            row[summary] = float(np.mean(reached)) if len(reached) == len(targets) else None
-        out[name] = row
+        rule_at = rules_by_target(results, name)
+        rules = sorted({setting_rule(s) for s in entry.get("settings", [])})
+        if not rule_at or len(rules) < 2:  # one rule: one curve
+            out[name] = _row(entry, targets)
+            continue
+        out[name] = _row(entry, targets, rule_at)
+        for rule in rules:
+            out[f"{name} · {rule}"] = _row(only_rule(entry, rule), targets)
     return out
 
 
@@ -105,6 +141,10 @@ def equal_nfe_table(results: dict, targets) -> str:
         means = (row["mean_psnr"], row["mean_psnr_p10"])
         cells.append(" / ".join(fmt_number(v, ".2f") for v in means) if means[0] is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    for name, row in table.items():
+        if "rule" in row:
+            lines += ["", f"{name}: the rule at each target (read off that rule's own curve): "
+                      + ", ".join(f"NFE {t:g} {r}" for t, r in zip(targets, row["rule"]))]
     lines += ["", f"**Worst pair: PSNR (LPIPS); broken clips (PSNR < {BROKEN_PSNR_DB:g} dB); distinct schedules over "
               f"{pairs} pairs** (counts from the setting nearest in NFE)", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -50,6 +50,7 @@ from sencache.core.rules import (
     SenCacheConfig,
     TeaCacheConfig,
 )
+from sencache.core.default_rule import LOOP_AUTO, LOOP_HOLD, RULES, SCHEDULE, rule_for_profile
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE
 from sencache.errors import SenCacheError
 from sencache.harness.counter import StepCounter
@@ -122,6 +123,16 @@ class MethodContext:
     num_inference_steps: int = 50
     profile: Any = None  # SensitivityProfile
     baselines: Any = None  # sencache.calibration.baselines.Baselines
+    # sencache only: which of its rules runs (sencache.core.default_rule.RULES), as budget mode picks it per model
+    # family and budget; None is the rule an ε alone gets (the ε-schedule rule)
+    rule: str | None = None
+
+
+def default_rule_for(ctx: MethodContext, target_nfe: float) -> str:
+    """The rule ``sencache`` runs at ``target_nfe`` (see :mod:`sencache.core.default_rule`)."""
+    if ctx.profile is None:
+        return SCHEDULE
+    return rule_for_profile(ctx.profile, target_nfe, ctx.num_inference_steps)
 
 
 def final_step_count(num_inference_steps: int) -> int:
@@ -142,6 +153,7 @@ class MethodSpec:
     sweep: tuple = ()
     integer: bool = False  # the parameter is an integer (interval)
     higher_is_faster: bool = True
+    budget_aware: bool = False  # its rule depends on the target NFE (MethodContext.rule)
     needs: tuple[str, ...] = ()  # "profile", "baselines", "cache_dit", "two_blocks", "one_expert", "sea_adapter"
     _settings: Callable[[Any, MethodContext], dict] = field(default=None, repr=False)
     _attach: Callable[[Any, Any, dict, MethodContext], tuple[Callable[[], None], Callable[[], dict] | None]] = field(
@@ -245,12 +257,15 @@ def ours_config(name: str, value, ctx: MethodContext):
     """The sencache-adapter config of one of our methods (sencache, magcache, teacache, fixed, ...) at ``value``."""
 
     T = ctx.num_inference_steps
-    if name == "sencache":
+    rule = {"sencache-loop": LOOP_HOLD, "sencache-loop-auto": LOOP_AUTO}.get(name, ctx.rule or SCHEDULE)
+    if rule not in RULES:
+        raise SenCacheError(f"unknown SenCache rule {rule!r}; choose from {', '.join(RULES)}")
+    if name == "sencache" and rule == SCHEDULE:
         return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
-                              eps_schedule=DEFAULT_EPS_SCHEDULE)
-    if name in ("sencache-loop", "sencache-loop-auto"):  # the closed loop (opt-in), holding / choosing by error
+                              eps_schedule=DEFAULT_EPS_SCHEDULE, loop=False)
+    if name in ("sencache", "sencache-loop", "sencache-loop-auto"):  # the closed loop, holding / choosing by error
         return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
-                              loop=True, forecast="auto" if name.endswith("auto") else "hold")
+                              loop=True, forecast="auto" if rule == LOOP_AUTO else "hold")
     if name == "sencache-paper":
         return SenCacheConfig.paper(ctx.profile, eps=float(value))
     if name in MAGCACHE_VARIANTS:
@@ -275,10 +290,11 @@ def _ours_settings(name: str):
         if name in ("sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto"):
             c = ours_config(name, value, ctx) if ctx.profile is not None else None
             if c is not None and c.loop:
-                cfg = {"rule": "closed loop", "max_reuse": c.max_reuse, "final_steps": c.final_steps,
+                cfg = {"rule": LOOP_AUTO if c.forecast == "auto" else LOOP_HOLD, "max_reuse": c.max_reuse, "final_steps": c.final_steps,
                        "learn_momentum": c.learn_momentum, "combine": ctx.profile.metadata["loop"]["combine"]}
             elif c is not None:
-                cfg = {"eps_start": c.eps_start, "warmup_fraction": c.warmup_fraction, "max_reuse": c.max_reuse,
+                cfg = {"rule": SCHEDULE, "eps_start": c.eps_start, "warmup_fraction": c.warmup_fraction,
+                       "max_reuse": c.max_reuse,
                        "final_steps": c.final_steps, "eps_schedule": c.eps_schedule.name if c.eps_schedule else None,
                        "forecast": c.forecast}
             else:
@@ -494,9 +510,11 @@ def _attach_dbcache(pipe, value, setting, ctx: MethodContext):
 # --------------------------------------------------------------------------------------------------
 
 
-def _spec(name, family, description, param, default, sweep, needs=(), integer=False, settings=None, attach=None):
+def _spec(name, family, description, param, default, sweep, needs=(), integer=False, settings=None, attach=None,
+          budget_aware=False):
     return MethodSpec(name=name, family=family, description=description, param=param, default=default,
-                      sweep=tuple(sweep), integer=integer, needs=tuple(needs), _settings=settings, _attach=attach)
+                      sweep=tuple(sweep), integer=integer, needs=tuple(needs), _settings=settings, _attach=attach,
+                      budget_aware=budget_aware)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -504,10 +522,11 @@ METHODS: dict[str, MethodSpec] = {
     for s in [
         _spec("none", "reference", "no cache: every step runs the whole block stack", None, None, (),
               attach=_attach_none),
-        _spec("sencache", "ours", "SenCache (default): hold or forecast the cache, whichever predicted error is "
-              "smaller, while it stays <= eps", "eps", 0.1,
-              (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",), settings=_ours_settings("sencache"),
-              attach=_attach_ours("sencache")),
+        _spec("sencache", "ours", "SenCache (default): at a target NFE the rule budget mode picks for the model "
+              "family and budget (the closed loop or the eps-schedule rule, sencache.core.default_rule); at an eps "
+              "alone the eps-schedule rule (hold or forecast, whichever predicted error is smaller, while <= eps)",
+              "eps", 0.1, (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), needs=("profile",), settings=_ours_settings("sencache"),
+              attach=_attach_ours("sencache"), budget_aware=True),
         _spec("sencache-loop", "ours", "SenCache's closed loop (opt-in): per sample, hold while the clip error the "
               "reuse is predicted to cost (learned from its refreshes, priced by the calibrated gain) stays <= eps",
               "eps", 0.001, (0.0001, 0.0003, 0.001, 0.003, 0.01), needs=("profile", "loop"),

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
 from sencache.adapter.hooks import quiet_sencache
 from sencache.errors import SenCacheError
-from sencache.harness.methods import MethodContext, get_method
+from sencache.core.default_rule import RULES
+from sencache.harness.methods import MethodContext, default_rule_for, get_method
 from sencache.runtime.generation import generate
 
 # --------------------------------------------------------------------------------------------------
@@ -94,19 +96,42 @@ def tune_values(pipe, methods: Sequence[str], targets: Sequence[float], prompts:
 
     Returns (values for :func:`sencache.harness.compare.compare`, the tuning records). Methods without a threshold,
     and methods that cannot run on ``pipe`` (which compare records as skipped, with the reason), are left out.
+
+    ``sencache`` runs, at each target, the rule budget mode picks for it (:mod:`sencache.core.default_rule`); every
+    rule some target picks is tuned at *every* target, so that each rule has its own curve to read at equal NFE
+    (:func:`sencache.harness.equal_nfe.equal_nfe` reads each target off its own rule's curve). Its values are
+    ``{"rule": r, "value": v}``, its records carry ``rule`` and ``default_for_target`` (whether budget mode picks
+    ``rule`` at that target).
     """
     from tqdm.auto import tqdm
 
     values, records = {}, {}
     ctx = ctx or MethodContext()
     todo = [m for m in methods if (spec := get_method(m)).param is not None and spec.unavailable(ctx, pipe) is None]
-    bar = tqdm(total=len(todo) * len(targets), desc="tune thresholds", disable=not progress, leave=False)
+    rules_of = {m: rules_needed(ctx, targets) if get_method(m).budget_aware else [None] for m in todo}
+    bar = tqdm(total=sum(len(r) for r in rules_of.values()) * len(targets), desc="tune thresholds",
+               disable=not progress, leave=False)
     for m in todo:
-        cache: dict = {}
         records[m] = []
-        for target in targets:
-            records[m].append(tune_threshold(pipe, m, target, prompts, seeds, ctx, guidance_scale, cache=cache))
-            bar.update(1)
-        values[m] = list(dict.fromkeys(r["value"] for r in records[m]))
+        for rule in rules_of[m]:
+            cache: dict = {}  # runs are shared between the targets of one rule
+            rule_ctx = ctx if rule is None else replace(ctx, rule=rule)
+            for target in targets:
+                found = tune_threshold(pipe, m, target, prompts, seeds, rule_ctx, guidance_scale, cache=cache)
+                if rule is not None:
+                    found.update(rule=rule, default_for_target=default_rule_for(ctx, target) == rule)
+                records[m].append(found)
+                bar.update(1)
+        if rules_of[m] == [None]:
+            values[m] = list(dict.fromkeys(r["value"] for r in records[m]))
+        else:
+            values[m] = [dict(t) for t in dict.fromkeys((("rule", r["rule"]), ("value", r["value"]))
+                                                       for r in records[m])]
     bar.close()
     return values, records
+
+
+def rules_needed(ctx: MethodContext, targets: Sequence[float]) -> list[str]:
+    """The rules ``sencache`` runs at some of ``targets`` (in the order of :data:`sencache.core.default_rule.RULES`)."""
+    picked = {default_rule_for(ctx, float(t)) for t in targets}
+    return [r for r in RULES if r in picked]

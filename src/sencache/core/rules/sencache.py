@@ -123,6 +123,9 @@ class SenCacheConfig:
     learn_momentum: float = 0.5
     eps_start_tied: bool = field(default=True, init=False, repr=False)  # eps_start follows eps / 10
     preset_source: str | None = field(default=None, init=False, repr=False)  # set by preset()
+    # whether the rule (loop, forecast, schedule, correction, quality target) was left to the default, which budget
+    # mode then picks per model family and budget (sencache.core.default_rule)
+    rule_left_to_default: bool = field(default=False, init=False, repr=False)
     # accepted only to say where budget mode went (it ran a solver inside the config before)
     target_nfe: InitVar[float | None] = None
     target_speedup: InitVar[float | None] = None
@@ -134,6 +137,9 @@ class SenCacheConfig:
             raise SenCacheError(
                 "budget mode is an explicit step: config = sencache.budget.with_target(SenCacheConfig(profile, ...), "
                 "target_nfe=N) (or target_speedup=x)")
+        self.rule_left_to_default = (self.loop is None and self.forecast is None and self.target_psnr is None
+                                     and not self.correction and self.forecast_guard is None
+                                     and self.eps_schedule == DEFAULT_EPS_SCHEDULE)
         if isinstance(self.profile, dict) and self.profile:  # one profile per expert (Wan 2.2): one joined profile
             self.profile = SensitivityProfile.join_experts(self.profile)
         if not isinstance(self.profile, SensitivityProfile):
