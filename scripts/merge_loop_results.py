@@ -3,6 +3,8 @@ method's thresholds are tuned on the calibration prompt in each run, so they agr
 
 * standing sets: runs/fair_<s> (every peer and the default `sencache`), runs/loop_<s> (the closed loop, holding:
   `sencache-loop`) and runs/loop_auto_<s> (hold or forecast: `sencache-loop-auto`) -> runs/merged_<s>/results.json;
+* session 4: runs/newdef_<s> and runs/newdef_draw_<s> (the default that picks its rule per family and budget,
+  runs/newdef_queue.sh) replace `sencache` (the ε-schedule rule alone) and the loop rows that are its rules;
 * the new draw: runs/draw_<s> (the strongest peers and `sencache-loop-auto`; Wan in two halves, seeds 201 and 202),
   runs/drawloop_<s> where it ran, and runs/drawdef_<s> (the default `sencache`, and `sencache-loop` on Wan and LTX;
   runs/drawdef_queue.sh) -> runs/merged_draw_<s>/results.json.
@@ -71,6 +73,33 @@ def insert(base: dict, extra: dict, method: str) -> dict:
     return base
 
 
+def drop(results: dict, method: str) -> dict:
+    """``results`` without ``method`` (its settings, tuning and job runs)."""
+    out = dict(results)
+    out["methods"] = {k: v for k, v in results["methods"].items() if k != method}
+    out["tuning"] = {k: v for k, v in results.get("tuning", {}).items() if k != method}
+    out["method_order"] = [m for m in results["method_order"] if m != method]
+    out["jobs"] = [{**j, "runs": {k: v for k, v in j["runs"].items() if v.get("method") != method}}
+                   for j in results["jobs"]]
+    return out
+
+
+# session 4: the default picks its rule per family and budget (runs/newdef_queue.sh); it replaces the ε-schedule
+# rule's `sencache`, and the opt-in loop row that is one of its rules (its own rows, "sencache · loop-hold", show it)
+COMPONENT_ROWS = {"loop-hold": "sencache-loop", "loop-auto": "sencache-loop-auto"}
+
+
+def with_new_default(merged: dict, new: dict | None) -> dict:
+    if new is None:
+        return merged
+    merged = drop(merged, "sencache")
+    rules = {s.get("rule") for s in new["methods"]["sencache"]["settings"]}
+    for rule, row in COMPONENT_ROWS.items():
+        if rule in rules and row in merged["methods"]:
+            merged = drop(merged, row)
+    return insert(merged, new, "sencache")
+
+
 def write(name: str, results: dict, note: str) -> None:
     results.pop("equal_nfe", None)
     results.setdefault("notes", []).append(note)
@@ -86,8 +115,9 @@ for s in ("wan", "wan_fresh", "cogvideox", "ltx"):
         merged = insert(fair, renamed(hold, "sencache", "sencache-loop"), "sencache-loop")
         if auto:
             merged = insert(merged, renamed(auto, "sencache", "sencache-loop-auto"), "sencache-loop-auto")
+        merged = with_new_default(merged, load(f"newdef_{s}"))
         write(f"merged_{s}", merged, "sencache-loop (holding) and sencache-loop-auto (hold or forecast): the closed "
-              "loop of #37, run separately on these pairs; sencache: the default (the ε-schedule rule)")
+              "loop of #37, run separately on these pairs; sencache: the default (since session 4 the rule picked per family and budget, runs/newdef_*; before, the ε-schedule rule)")
 for s in ("wan", "cogvideox", "ltx"):
     draw = halves(load("draw_wan_a"), load("draw_wan_b")) if s == "wan" else load(f"draw_{s}")
     if draw:
@@ -102,6 +132,9 @@ for s in ("wan", "cogvideox", "ltx"):
             if "sencache-loop" in default["methods"] and "sencache-loop" not in merged["methods"]:
                 merged = insert(merged, default, "sencache-loop")
             merged = insert(merged, default, "sencache")
+        new = halves(load("newdef_draw_wan_a"), load("newdef_draw_wan_b")) \
+            if s == "wan" and load("newdef_draw_wan_b") else load(f"newdef_draw_{s}")
+        merged = with_new_default(merged, new)
         write(f"merged_draw_{s}", merged, "the new draw of #37 (docs/draw37_prompts.txt): the closed loop "
               "(sencache-loop-auto, sencache-loop) and the default (sencache, run in a later session with the same "
               "protocol) with the strongest peers")

@@ -110,8 +110,8 @@ def test_budget_refuses_trajectories_outside_the_grid():
     data = shipped()
     data["timesteps"] = [t / 1000.0 for t in data["timesteps"]]  # the grid in 0-1 units, trajectories in 0-1000
     profile = SensitivityProfile.from_dict(data)
-    with pytest.raises(ProfileError, match="stored calibration trajectories"):
-        with_target(SenCacheConfig(profile), target_nfe=20)
+    with pytest.raises(ProfileError, match="stored calibration trajectories"):  # the ε-schedule rule's replay
+        with_target(SenCacheConfig(profile, loop=False), target_nfe=20)
 
 
 def test_import_profile_refuses_a_table_in_sigma_units(tmp_path):

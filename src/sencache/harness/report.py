@@ -92,6 +92,8 @@ def table_rows(results: dict, primary_only: bool = False) -> list[dict]:
             if primary_only and not s["primary"]:
                 continue
             label = f"{entry['param']}={s['value']:g}" if entry["param"] else "re-run of the reference"
+            if s.get("rule"):  # sencache at a target NFE: the rule budget mode picked
+                label = f"{s['rule']}, {label}"
             rows.append({"method": name, "setting": label, "nfe": s["nfe"], "wall_s": s["wall_s"],
                          "speedup": s["speedup"], "psnr": s["psnr"], "psnr_capped": s.get("psnr_capped"),
                          "ssim": s["ssim"], "lpips": s["lpips"], "primary": s["primary"], "key": s["key"],
@@ -171,16 +173,20 @@ def _figure(w: float, h: float):
 
 def pareto_curves(results: dict, metric: str) -> dict[str, tuple[tuple, tuple]]:
     """Each method's (NFE, metric) points over its settings, sorted by NFE; the reference, unavailable methods and
-    capped PSNRs (runs identical to the reference) left out."""
+    capped PSNRs (runs identical to the reference) left out. A method that ran several rules (``sencache`` at
+    targets that pick different ones) gets one curve per rule ("sencache · loop-hold"), never a line across two."""
     curves = {}
     for name in results.get("method_order", results["methods"]):
         entry = results["methods"].get(name)
         if not entry or not entry["available"] or name == "none":
             continue
-        pts = sorted((s["nfe"], s[metric]) for s in entry["settings"]
-                     if s.get(metric) is not None and not (metric.startswith("psnr") and s.get("psnr_capped")))
-        if pts:
-            curves[name] = tuple(zip(*pts))
+        rules = sorted({s.get("rule") or "" for s in entry["settings"]})
+        for rule in rules:
+            pts = sorted((s["nfe"], s[metric]) for s in entry["settings"] if (s.get("rule") or "") == rule
+                         and s.get(metric) is not None and not (metric.startswith("psnr") and s.get("psnr_capped")))
+            label = name if len(rules) == 1 else f"{name} · {rule or 'schedule'}"
+            if pts:
+                curves[label] = tuple(zip(*pts))
     return curves
 
 
