@@ -5,8 +5,8 @@
 For each model size the script generates with SenCache on and, at every step's end (the pipeline's
 ``callback_on_step_end``), reads the live cache state of the session:
 
-* per branch (``session.cache_state()``: ``residual`` / ``encoder_residual`` / ``has_residual``): the block-stack residual
-  of the video stream (B × tokens × hidden), the text-stream residual if the blocks return one, flags;
+* per branch (``session.cache_state()``: ``residual`` / ``encoder_residual`` / ``has_residual``): the block-stack
+  residual of the video stream (B × tokens × hidden), the text-stream residual if the blocks return one, flags;
 * shared by the branches (the rule state: ``x_ref``, a copy of the latent at the last refresh, and the
   per-sample reference numbers).
 
@@ -36,9 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import common  # noqa: E402
+import torch  # noqa: E402
 
 NAME = "memory"
 EPS = 1.0  # with the synthetic profile below: some steps reuse, some compute (the state is the same either way)
@@ -143,8 +142,8 @@ def _merge_max(a: dict | None, b: dict) -> dict:
 
 
 def measure_state(pipe, profile, steps: int, offload: bool) -> dict:
-    from sencache.runtime.generation import generate
     from sencache.adapter.hooks import quiet_sencache
+    from sencache.runtime.generation import generate
 
     device = next(pipe.transformer.parameters()).device.type
     session = enable(pipe, make_config(profile, offload), offload)
@@ -214,10 +213,11 @@ def rss_child(variant: str, size: str, steps: int, model_dir=None) -> dict:
     """Run in a fresh process: warm uncached generation, then ``variant``; peak-RSS growth and tracemalloc peak."""
     import tracemalloc
 
-    import sencache
     from bench_overhead import synthetic_profile
-    from sencache.runtime.generation import generate
+
+    import sencache
     from sencache.adapter.hooks import quiet_sencache
+    from sencache.runtime.generation import generate
 
     pipe, _ = common.load_model(size, model_dir)
     profile = synthetic_profile(pipe, steps)

@@ -33,9 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import common  # noqa: E402
+import torch  # noqa: E402
 
 NAME = "overhead"
 TARGET = 0.005  # 0.5 % of one uncached forward
@@ -194,7 +193,8 @@ def timer_costs(reps: int = 2000) -> tuple[float, float]:
 
 
 def synthetic_profile(pipe, steps: int):
-    """A profile on the scheduler's T-step grid (same lookup cost as a calibrated one; values are irrelevant at eps=0)."""
+    """A profile on the scheduler's T-step grid (same lookup cost as a calibrated one; values are irrelevant at
+    eps=0)."""
     import copy
 
     from sencache import SensitivityProfile

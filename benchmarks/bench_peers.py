@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 NAME = "peers"
-DEFAULT_METHODS = ["none", "sencache", "magcache", "teacache", "fbcache", "seacache", "diffusers-seacache", "taylorseer", "dbcache"]
+DEFAULT_METHODS = ["none", "sencache", "magcache", "teacache", "fbcache", "seacache", "diffusers-seacache",
+                   "taylorseer", "dbcache"]
 INSTALL_LOG = common.RESULTS_DIR / "cache_dit_install.log"
 
 
@@ -49,9 +50,9 @@ def cache_dit_status() -> dict:
 
 def preflight(pipe, method: str, ctx, steps: int) -> str | None:
     """Run ``method`` once for 2 steps; return why it fails on this machine, or None."""
-    from sencache.runtime.generation import generate
-    from sencache.harness.methods import get_method
     from sencache.adapter.hooks import quiet_sencache
+    from sencache.harness.methods import get_method
+    from sencache.runtime.generation import generate
 
     try:
         with get_method(method).apply(pipe, None, ctx), quiet_sencache():

@@ -3,8 +3,8 @@
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_speedup.py
 
 On the demo model (the shipped one when present) one prompt and seed are generated uncached and with
-SenCache at several budgets (``sencache.budget.with_target(config, target_nfe=N)``; ``--eps`` for fixed thresholds), repeated
-``--reps`` times with the order rotated each repetition. In the same run, interleaved with those generations,
+SenCache at several budgets (``sencache.budget.with_target(config, target_nfe=N)``; ``--eps`` for fixed thresholds),
+repeated ``--reps`` times with the order rotated each repetition. In the same run, interleaved with those generations,
 the script measures
 
 * ``c_fwd``  — one full denoising step of the transformer: the cond and the uncond call, no cache;
@@ -37,9 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import common  # noqa: E402
+import torch  # noqa: E402
 
 NAME = "speedup"
 TARGET = 0.95
@@ -148,9 +147,9 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     import sencache
+    from sencache.adapter.hooks import quiet_sencache
     from sencache.demo_model.prompts import default_evaluation_prompts
     from sencache.runtime.generation import generate
-    from sencache.adapter.hooks import quiet_sencache
 
     pipe, info = common.load_model(args.size, args.model)
     if args.steps is None:

@@ -225,13 +225,6 @@ def quantiles(values: Iterable[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def finite_or_none(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 # --------------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------------

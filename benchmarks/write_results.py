@@ -27,7 +27,8 @@ SECTIONS = [
     ("peers", "Peers side by side", "Same prompts and seeds through every cache; NFE, wall time and fidelity "
                                     "against the uncached frames."),
     ("demo_cost", "Cost of one demo generation", "One uncached generation at the demo settings (50 steps, CFG) on "
-                                                 "2 threads and the transformer's share of it (target ≤ 20 s, ≥ 80 %)."),
+                                                 "2 threads and the transformer's share of it "
+                                                 "(target ≤ 20 s, ≥ 80 %)."),
 ]
 
 
@@ -37,7 +38,8 @@ def headline(name: str, d: dict) -> list[str]:
         for size, r in d.get("sizes", {}).items():
             out.append(f"{size} ({r['model']['params'] / 1e6:.2f} M params): hook code {r['hook_us_per_call']:.0f} µs "
                        f"per call = {common.pct(r['direct_overhead_fraction'], 3)} of the model's own work in the same "
-                       f"calls (uncached call {r['forward_ms']:.2f} ms); A/B {common.pct(r['ab_overhead_fraction'], 2)}; "
+                       f"calls (uncached call {r['forward_ms']:.2f} ms); "
+                       f"A/B {common.pct(r['ab_overhead_fraction'], 2)}; "
                        f"target met: {'yes' if r['meets_target'] else 'no'}")
     elif name == "speedup":
         for r in d.get("runs", []):
@@ -53,8 +55,8 @@ def headline(name: str, d: dict) -> list[str]:
                        f"offload_residuals {r['offload']}")
     elif name == "peers":
         cd = d.get("cache_dit") or {}
-        out.append(f"{len(d.get('prompts', []))} prompt(s) × {len(d.get('seeds', []))} seed(s), {d.get('steps')} steps, "
-                   f"{d.get('repeats')} repeat(s); cache-dit: "
+        out.append(f"{len(d.get('prompts', []))} prompt(s) × {len(d.get('seeds', []))} seed(s), "
+                   f"{d.get('steps')} steps, {d.get('repeats')} repeat(s); cache-dit: "
                    + (cd.get("version") or "?" if cd.get("available") else f"unavailable ({cd.get('reason')})"))
     elif name == "demo_cost":
         out.append(f"median {d['wall_s']:.2f} s per generation, transformer {common.pct(d['transformer_share'], 1)} "

@@ -20,7 +20,8 @@ prompts = read_prompts(sys.argv[1] if len(sys.argv) > 1 else root / "docs" / "ev
 seeds = [int(s) for s in sys.argv[2:]] or [0, 1]
 pipe = load_pipeline(str(weights))
 profile = SensitivityProfile.load(weights / "sencache_profile.json")
-results = [loop_audit(pipe, with_target(SenCacheConfig(profile, loop=True), target_nfe=n), prompts, seeds, progress=False)
+results = [loop_audit(pipe, with_target(SenCacheConfig(profile, loop=True), target_nfe=n), prompts, seeds,
+                      progress=False)
            for n in (25, 15)]
 write_loop_audit(results, root / "docs" / "audit_loop")
 print(audit_table(results))

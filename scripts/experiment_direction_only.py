@@ -8,7 +8,7 @@ seeds of that data:
     .venv/bin/python scripts/experiment_direction_only.py judge runs/dironly/pipeline
 
 Every argument after ``train`` goes to ``sencache.demo_model.train``.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

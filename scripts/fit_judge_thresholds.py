@@ -80,7 +80,8 @@ def main(argv=None) -> None:
     tri_fills = np.round(np.arange(0.45, 0.701, 0.005), 3)
     sq_fills = np.round(np.arange(0.78, 0.921, 0.005), 3)
     grid = [[[ShapeThresholds(s, f, q) for q in sq_fills] for f in tri_fills] for s in skews]
-    on_trips = np.array([[[accuracy("VAE round trips", t) for t in row] for row in plane] for plane in tqdm(grid, desc="grid")])
+    on_trips = np.array([[[accuracy("VAE round trips", t) for t in row] for row in plane]
+                         for plane in tqdm(grid, desc="grid")])
     exact = np.array([[[accuracy("rendered", t) for t in row] for row in plane] for plane in grid])
     score = np.where(exact >= exact.max(), _neighbour_mean(on_trips), -1.0)
     i, j, k = np.unravel_index(int(np.argmax(score)), score.shape)
@@ -88,7 +89,8 @@ def main(argv=None) -> None:
     print(f"calibration draw: --prompts {args.prompts} --prompt-seed {args.prompt_seed}, {args.seeds} placements each; "
           + ", ".join(f"{name} {len(v)} objects" for name, v in features.items()))
     print("shape accuracy per object      " + "  ".join(f"{name:>20s}" for name in features))
-    hand_set = ShapeThresholds(triangle_skew=-0.25, triangle_fill=0.62, square_fill=0.86)  # tuned on blur, until 2026-11
+    # tuned on blur, until 2026-11
+    hand_set = ShapeThresholds(triangle_skew=-0.25, triangle_fill=0.62, square_fill=0.86)
     for label, t in (("hand-set", hand_set), ("judge.py", SHAPE_THRESHOLDS), ("fitted", best)):
         print(f"{label:8s} {t.triangle_skew:+.2f} {t.triangle_fill:.3f} {t.square_fill:.3f}  "
               + "  ".join(f"{100 * accuracy(name, t):19.1f}%" for name in features))

@@ -10,8 +10,8 @@ import torch
 
 import sencache
 from sencache.demo_model import DEFAULT_PROFILE, load_pipeline
-from sencache.runtime.generation import generate
 from sencache.harness.metrics import psnr
+from sencache.runtime.generation import generate
 
 SCHEDULES = {"constant": "constant", "power2": "power2"}
 
@@ -35,7 +35,8 @@ def main():
         for seed in (0, 1):
             reference = generate(pipe, prompt, seed).frames
             for name, schedule in SCHEDULES.items():
-                config = sencache.budget.with_target(sencache.SenCacheConfig(profile, eps_schedule=schedule), target_nfe=25)
+                config = sencache.budget.with_target(sencache.SenCacheConfig(profile, eps_schedule=schedule),
+                                                     target_nfe=25)
                 frames, nfe = cached_clip(pipe, prompt, seed, config)
                 results[name].append((nfe, psnr(reference, frames)))
     for name, rows in results.items():

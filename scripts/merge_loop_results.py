@@ -117,7 +117,8 @@ for s in ("wan", "wan_fresh", "cogvideox", "ltx"):
             merged = insert(merged, renamed(auto, "sencache", "sencache-loop-auto"), "sencache-loop-auto")
         merged = with_new_default(merged, load(f"newdef_{s}"))
         write(f"merged_{s}", merged, "sencache-loop (holding) and sencache-loop-auto (hold or forecast): the closed "
-              "loop of #37, run separately on these pairs; sencache: the default (since session 4 the rule picked per family and budget, runs/newdef_*; before, the ε-schedule rule)")
+              "loop of #37, run separately on these pairs; sencache: the default (since session 4 the rule picked per "
+              "family and budget, runs/newdef_*; before, the ε-schedule rule)")
 for s in ("wan", "cogvideox", "ltx"):
     draw = halves(load("draw_wan_a"), load("draw_wan_b")) if s == "wan" else load(f"draw_{s}")
     if draw:

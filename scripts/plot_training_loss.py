@@ -1,7 +1,7 @@
 """Plot a training loss.csv (step, loss, ...) as raw points and a 100-step running mean.
 
     .venv/bin/python scripts/plot_training_loss.py src/sencache/demo_model/weights/training_loss.csv docs/training_loss.png
-"""
+"""  # noqa: E501
 
 import csv
 import sys

@@ -107,8 +107,7 @@ def _wan22(tokenizer):
 def _cogvideox(tokenizer, pipeline_class=None, **transformer):
     """A tiny CogVideoXPipeline (or ``pipeline_class`` built from the same parts; ``transformer`` overrides its
     config, e.g. the image-to-video input channels)."""
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
-                           CogVideoXTransformer3DModel)
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
     blocks = 4  # spatial factor 2**(blocks-1) = 8, as CogVideoXPipeline assumes from block_out_channels
@@ -132,8 +131,12 @@ def _cogvideox(tokenizer, pipeline_class=None, **transformer):
 
 def _ltx(tokenizer, pipeline_class=None):
     """A tiny LTXPipeline (or ``pipeline_class``, e.g. LTXImageToVideoPipeline, built from the same parts)."""
-    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
-                           LTXVideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     # two scaling blocks: x4 in space and time (decoder sizes must be given too, its defaults are full-size)
@@ -261,8 +264,12 @@ def _hunyuanvideo(tokenizer):
     """HunyuanVideo's layout: a Llama text encoder (its third-to-last hidden state, after the prompt template's
     head is cropped off) and CLIP's pooled output, the x8 / x4 causal 3D VAE, a guidance-distilled transformer
     with 2 dual-stream and 2 single-stream blocks (and a token refiner), flow matching with shift 7."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
     from transformers import LlamaConfig, LlamaModel
 
     llama = build_llama_tokenizer()

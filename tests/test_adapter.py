@@ -7,8 +7,17 @@ import math
 
 import pytest
 import torch
-from conftest import (BlockCounter, cog_kwargs, flat_profile, ltx_kwargs, tiny_cogvideox, tiny_ltx, tiny_wan,
-                      to_device, wan_kwargs)
+from conftest import (
+    BlockCounter,
+    cog_kwargs,
+    flat_profile,
+    ltx_kwargs,
+    tiny_cogvideox,
+    tiny_ltx,
+    tiny_wan,
+    to_device,
+    wan_kwargs,
+)
 
 import sencache
 from sencache import ProfileError, SenCacheConfig, SenCacheError, SensitivityProfile, UnsupportedModelError
@@ -275,7 +284,8 @@ def test_trace_records_and_saves(tmp_path):
     assert all(r.score is not None and math.isfinite(r.score) or r.step < 2 for r in later)
     # each record carries the step's threshold: eps_start in the warm-up, then eps under the power2 schedule
     assert all(r.eps == pytest.approx(config.eps_at(r.step, 6)) for r in records)
-    assert {round(r.eps, 6) for r in later if r.step >= 2} == {round(0.5 * ((1 + k / 5) / 1.5) ** 2, 6) for k in range(2, 6)}
+    assert ({round(r.eps, 6) for r in later if r.step >= 2}
+            == {round(0.5 * ((1 + k / 5) / 1.5) ** 2, 6) for k in range(2, 6)})
     assert all(r.reuse_run == 0 for r in records if r.computed)
     path = cache.trace.save(tmp_path / "trace.json")
     saved = json.loads(path.read_text())
@@ -305,15 +315,15 @@ def test_recorder_reports_every_call_with_the_real_residual_and_removes_its_hook
     pipe = tiny_wan()
     blocks = pipe.transformer.blocks
     head, real = [], []  # block-stack input and residual per call, taken by plain torch hooks
-    handles = [blocks[0].register_forward_pre_hook(lambda m, a, k: head.append(k.get("hidden_states", a[0] if a else None)),
-                                                   with_kwargs=True),
-               blocks[-1].register_forward_hook(lambda m, a, out: real.append((out[0] if isinstance(out, tuple) else out)
-                                                                               - head[-1]))]
+    handles = [blocks[0].register_forward_pre_hook(
+                   lambda m, a, k: head.append(k.get("hidden_states", a[0] if a else None)), with_kwargs=True),
+               blocks[-1].register_forward_hook(
+                   lambda m, a, out: real.append((out[0] if isinstance(out, tuple) else out) - head[-1]))]
     events = []
     try:
         record_uncached(pipe, lambda: pipe(prompt="a red circle", **wan_kwargs(steps=4)),
-                        lambda e: events.append((e.step, e.branch, e.decider, e.residual.clone(), bool(e.computed.all()),
-                                                 e.modulation is not None, len(e.records))))
+                        lambda e: events.append((e.step, e.branch, e.decider, e.residual.clone(),
+                                                 bool(e.computed.all()), e.modulation is not None, len(e.records))))
     finally:
         for h in handles:
             h.remove()

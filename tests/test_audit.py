@@ -11,14 +11,13 @@ import torch
 from conftest import tiny_wan
 
 import sencache
-from sencache.core.budget import with_target
 from sencache import SenCacheConfig, SensitivityProfile
+from sencache.calibration.calibrate import calibrate
+from sencache.core.budget import with_target
+from sencache.demo_model.build import pipeline_size_kwargs
 from sencache.harness import audit as aud
 from sencache.harness.ablations import ablations
-from sencache.demo_model.build import pipeline_size_kwargs
 from sencache.runtime.generation import generate
-
-from sencache.calibration.calibrate import calibrate
 
 SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 10

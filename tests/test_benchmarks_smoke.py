@@ -81,7 +81,8 @@ def test_every_benchmark_runs_quick_and_writes_its_documented_keys(tmp_path, mon
         assert returned["benchmark"] == name
     # peers: every requested method is either in the table or skipped with a reason
     peers = json.loads((tmp_path / "peers.json").read_text())
-    assert {"sencache", "magcache", "teacache", "seacache", "diffusers-seacache", "taylorseer"} <= {r["method"] for r in peers["rows"]}
+    assert ({"sencache", "magcache", "teacache", "seacache", "diffusers-seacache", "taylorseer"}
+            <= {r["method"] for r in peers["rows"]})
     assert all(r["skipped"] for r in peers["rows"] if not r["available"])
 
     write_results = importlib.import_module("write_results")

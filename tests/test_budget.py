@@ -12,20 +12,18 @@ import torch
 from conftest import flat_profile, tiny_wan
 
 import sencache
-from sencache.core.budget import with_target
 from sencache import SenCacheConfig, SenCacheError, SensitivityProfile
+from sencache.calibration.calibrate import calibrate
 from sencache.calibration.correction import calibrate_correction
-from sencache.core.budget import recommend, recommended_eps
+from sencache.core.budget import recommend, recommended_eps, with_target
 from sencache.core.replay import simulate, simulate_sample
-from sencache.core.trajectories import pack_distances, trajectories_of, trajectory_metadata, unpack_distances
-from sencache.harness.runner import cached_nfe as measure_nfe
-from sencache.harness.variants import compare_schedules, measure_transfer, schedules_table
-from sencache.demo_model.build import pipeline_size_kwargs
-from sencache.runtime.generation import generate
 from sencache.core.rules.base import StepInput
 from sencache.core.schedule import SCHEDULE_PRESETS, EpsSchedule
-
-from sencache.calibration.calibrate import calibrate
+from sencache.core.trajectories import pack_distances, trajectories_of, trajectory_metadata, unpack_distances
+from sencache.demo_model.build import pipeline_size_kwargs
+from sencache.harness.runner import cached_nfe as measure_nfe
+from sencache.harness.variants import compare_schedules, measure_transfer, schedules_table
+from sencache.runtime.generation import generate
 
 SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 16
@@ -250,7 +248,8 @@ def test_schedule_shapes_and_the_rule_threshold(profile):
     assert default.eps_schedule.name == "power2"
     assert default.eps_at(3, T) < 0.1 < default.eps_at(8, T) == pytest.approx(0.1 * (2 / 1.5) ** 2)
     for paper in (None, "constant"):
-        assert [SenCacheConfig(profile, eps_schedule=paper, warmup_fraction=0.25).eps_at(k, T) for k in (3, 8)] == [0.1, 0.1]
+        assert [SenCacheConfig(profile, eps_schedule=paper, warmup_fraction=0.25).eps_at(k, T)
+                for k in (3, 8)] == [0.1, 0.1]
     with pytest.raises(SenCacheError, match="unknown eps schedule"):
         SenCacheConfig(profile, eps_schedule="wobbly")
     with pytest.raises(SenCacheError, match="non-decreasing"):

@@ -10,15 +10,21 @@ import pytest
 import torch
 
 import sencache
-
 from sencache.calibration.calibrate import calibrate
-from sencache.calibration.secants import SampleCurves, TIMESTEP_UNIT, aggregate, measure_noised, measure_trajectory, smooth_121
+from sencache.calibration.secants import (
+    TIMESTEP_UNIT,
+    SampleCurves,
+    aggregate,
+    measure_noised,
+    measure_trajectory,
+    smooth_121,
+)
 from sencache.calibration.videos import load_video
 from sencache.calibration.wan_target import WanTarget
 from sencache.cli import main
+from sencache.core.profile import SensitivityProfile, model_config_hash
 from sencache.demo_model.build import TEXT_LEN, build_pipeline, build_scheduler, pipeline_size_kwargs
 from sencache.errors import ProfileError, SenCacheError
-from sencache.core.profile import SensitivityProfile, model_config_hash
 
 WORDS = ["a", "red", "ball", "blue", "box", "moves", "left"]
 PROMPTS = ["a red ball moves left", "a blue box"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from sencache.calibration.baselines import calibrate_baselines
-from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
-from sencache.harness.metrics import PSNR_CAP_DB as PSNR_CAP
-from sencache.harness.compare import compare, make_jobs, merge_records, plan_variants, shard_jobs
 from sencache.demo_model.data import FRAMES
+from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
 from sencache.errors import SenCacheError
+from sencache.harness.compare import compare, make_jobs, merge_records, plan_variants, shard_jobs
 from sencache.harness.methods import MethodContext
+from sencache.harness.metrics import PSNR_CAP_DB as PSNR_CAP
 
 STEPS = 6
 SETTING_KEYS = {"key", "value", "primary", "setting", "nfe", "nfe_fraction", "wall_s", "speedup", "psnr",
@@ -175,7 +175,8 @@ def test_compare_records_seacache_as_skipped_where_it_has_no_adapter(pipe, monke
     import sencache.harness.methods as methods
 
     monkeypatch.setattr(methods, "seacache_has_adapter", lambda pipe: False)
-    results = compare(pipe, ["a blue circle standing still on a plain background"], [0], ["fixed", "diffusers-seacache"],
+    results = compare(pipe, ["a blue circle standing still on a plain background"], [0],
+                      ["fixed", "diffusers-seacache"],
                       num_inference_steps=4, progress=False, use_lpips=False, warmup=False)
     assert results["methods"]["diffusers-seacache"]["available"] is False
     assert "Wan text-to-video and Cosmos 3 only" in results["methods"]["diffusers-seacache"]["skipped"]
@@ -240,7 +241,8 @@ def test_report_writes_video_gif_plots_and_page(run, baselines):
     gif = imageio.mimread(files["side_by_side.gif"])
     assert len(gif) == FRAMES  # one GIF frame per video frame of the demo model
     height, width = gif[0].shape[:2]
-    assert width >= 3 * 4 * 32 and width < 4 * 4 * 32 and height >= 2 * 4 * 32  # 3 columns (reference, fixed, magcache; not the re-run), 2 rows, x4
+    # 3 columns (reference, fixed, magcache; not the re-run), 2 rows, x4
+    assert width >= 3 * 4 * 32 and width < 4 * 4 * 32 and height >= 2 * 4 * 32
     assert height % 16 == 0 and width % 16 == 0
     page = files["report.html"].read_text()
     for text in ("side_by_side.mp4", "side_by_side.gif", "schedule.png", "magcache", "fixed", "Speed-up".lower(),

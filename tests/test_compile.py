@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import (RowRule, cog_kwargs, flat_profile, flux_kwargs, ltx_kwargs, tiny_cogvideox, tiny_flux, tiny_ltx,
-                      tiny_wan, wan_kwargs)
+from conftest import (
+    RowRule,
+    cog_kwargs,
+    flat_profile,
+    flux_kwargs,
+    ltx_kwargs,
+    tiny_cogvideox,
+    tiny_flux,
+    tiny_ltx,
+    tiny_wan,
+    wan_kwargs,
+)
 from torch._dynamo.backends.registry import lookup_backend
 
 import sencache

@@ -160,7 +160,8 @@ def test_equal_nfe_reads_each_target_off_its_own_rules_curve():
 def test_the_demo_stores_one_threshold_per_rule(calibrated):
     _, profile = calibrated
     low, high = (setting_key("sencache", STEPS, n, 5.0, profile) for n in (4, 8))
-    assert low.endswith("|loop-hold") and "schedule=" in high and low.split("|profile=")[1] != high.split("|profile=")[1]
+    assert (low.endswith("|loop-hold") and "schedule=" in high
+            and low.split("|profile=")[1] != high.split("|profile=")[1])
 
 
 def test_the_shipped_demo_needs_no_tuning_for_its_default_settings():

@@ -44,7 +44,8 @@ def test_demo_family_with_an_experimental_vae_still_gets_demo_sized_clips():
     vae = build_vae(dim_mult=[1, 2], temperal_downsample=[True], scale_factor_spatial=2)
     pipe = build_pipeline(data.vocabulary(), vae=vae, num_layers=1)
     assert is_demo_pipeline(pipe)
-    frames = generate(pipe, "a small red circle moving left on a plain background", seed=0, num_inference_steps=2).frames
+    frames = generate(pipe, "a small red circle moving left on a plain background", seed=0,
+                      num_inference_steps=2).frames
     assert frames.shape == (9, 32, 32, 3)
     other_words = build_pipeline(data.vocabulary()[:-1], vae=vae, num_layers=1)
     assert not is_demo_pipeline(other_words)  # neither the demo VAE nor the demo words: Wan's own defaults apply

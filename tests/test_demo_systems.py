@@ -8,9 +8,8 @@ import json
 import pytest
 import torch
 
-from sencache.demo_model import data
+from sencache.demo_model import data, train, train_vae
 from sencache.demo_model.systems import SYSTEMS, system, weights_dir
-from sencache.demo_model import train, train_vae
 from sencache.errors import SenCacheError
 from sencache.runtime.generation import generate
 from sencache.runtime.loading import load_pipeline
@@ -88,7 +87,8 @@ def test_training_feeds_the_transformer_what_the_pipeline_feeds_it(name):
     pipe.set_progress_bar_config(disable=True)
     caption = "a blue square moving up"
     pipe(caption, num_inference_steps=1, guidance_scale=1.0, output_type="latent", **system(name).call_kwargs())
-    inputs, _ = system(name).training_example(pipe, torch.zeros(1, *LATENT), [caption], torch.Generator().manual_seed(0))
+    inputs, _ = system(name).training_example(pipe, torch.zeros(1, *LATENT), [caption],
+                                              torch.Generator().manual_seed(0))
     ran = seen["kwargs"]
     for key, value in inputs.items():
         assert key in ran

@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
-from sencache.runtime import distributed as dist
 from sencache.cli import main
-from sencache.demo_model.build import build_pipeline
 from sencache.core.profile import SensitivityProfile
+from sencache.demo_model.build import build_pipeline
+from sencache.runtime import distributed as dist
 
 WORDS = ["a", "red", "ball", "blue", "box", "moves", "left"]
 

@@ -89,8 +89,8 @@ def test_linear_forecast_extrapolates_the_residual_in_the_timestep(pipe):
     handles = [
         pipe.transformer.register_forward_pre_hook(
             lambda m, a, k: seen.append({"t": float(k["timestep"].reshape(-1)[0])}), with_kwargs=True),
-        blocks[0].register_forward_pre_hook(lambda m, a, k: seen[-1].update(head=k.get("hidden_states", a[0] if a else None)),
-                                            with_kwargs=True),
+        blocks[0].register_forward_pre_hook(
+            lambda m, a, k: seen[-1].update(head=k.get("hidden_states", a[0] if a else None)), with_kwargs=True),
         blocks[-1].register_forward_hook(lambda m, a, out: seen[-1].update(tail=out[0] if isinstance(out, tuple)
                                                                            else out)),
     ]

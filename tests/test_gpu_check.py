@@ -23,7 +23,8 @@ def test_gpu_check_tiny_runs_every_check_and_writes_its_table(tmp_path):
     assert result["exactness"]["eps0_equal"] and result["exactness"]["after_disable_equal"]
     assert result["exactness"]["eps0_nfe"] == result["steps"] == 10
     # every 2nd step and the last: 6 of 10; every 4th and the last: 4 of 10
-    assert [(s["interval"], s["offload"], s["nfe"]) for s in result["speedup"]] == [(2, False, 6), (2, True, 6), (4, False, 4)]
+    assert ([(s["interval"], s["offload"], s["nfe"]) for s in result["speedup"]]
+            == [(2, False, 6), (2, True, 6), (4, False, 4)])
     assert all(s["residual_mib"] > 0 for s in result["speedup"])
     assert result["budget"]["nfe"] == result["budget"]["target_nfe"] == 5
     assert result["compile"]["graph_breaks"] == 0 and result["compile"]["nfe"] == 6

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import flat_profile, tiny_wan
 
 import sencache
-from conftest import flat_profile, tiny_wan
 from sencache import SenCacheConfig
 from sencache.adapter.recorder import record_uncached
 from sencache.budget import with_target

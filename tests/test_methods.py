@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sencache.calibration.baselines import Baselines, calibrate_baselines, ensure_baselines
-from sencache.runtime.prompts import check_disjoint
 from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
 from sencache.errors import SenCacheError
-from sencache.runtime.generation import generate
 from sencache.harness.methods import METHODS, TAYLORSEER_IDENTIFIERS, MethodContext, get_method
+from sencache.runtime.generation import generate
+from sencache.runtime.prompts import check_disjoint
 
 STEPS = 8
 PROMPT = "a red circle moving left on a plain background"
@@ -92,7 +92,8 @@ def aggressive(spec):
 
 
 def test_registry_holds_every_method():
-    assert set(METHODS) == {"none", "sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto", "magcache", "magcache-final", "magcache-fast", "teacache",
+    assert set(METHODS) == {"none", "sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto", "magcache",
+                            "magcache-final", "magcache-fast", "teacache",
                             "fixed", "fixed-final",
                             "fbcache", "seacache", "seacache-paper", "diffusers-seacache",
                             "diffusers-seacache-hold", "taylorseer", "diffusers-magcache", "dbcache"}
@@ -228,7 +229,6 @@ def test_calibration_and_evaluation_prompts_must_be_disjoint(baselines, tmp_path
 
 def test_seacache_is_skipped_where_diffusers_has_no_adapter_because_there_it_silently_runs_every_step(pipe, ctx):
     import diffusers
-
     from conftest import cog_kwargs, tiny_cogvideox, tiny_ltx
 
     assert METHODS["diffusers-seacache"].unavailable(ctx, pipe) is None  # Wan text-to-video: supported

@@ -11,9 +11,18 @@ import torch
 
 from sencache.core.rules.base import StepInput
 from sencache.core.rules.fixed import FixedConfig, FixedRule, NoCacheRule
-from sencache.core.rules.magcache import MagCacheCalibration, MagCacheConfig, MagCacheRule, interpolate_ratios, magnitude_ratio, nearest_table_index, ratios_from_residual_norms, retention_steps, token_norms
+from sencache.core.rules.magcache import (
+    MagCacheCalibration,
+    MagCacheConfig,
+    MagCacheRule,
+    interpolate_ratios,
+    magnitude_ratio,
+    nearest_table_index,
+    ratios_from_residual_norms,
+    retention_steps,
+    token_norms,
+)
 from sencache.core.rules.teacache import TeaCacheConfig, TeaCacheRule, fit_rescale_polynomial, relative_l1
-
 
 # --------------------------------------------------------------------------------------------------
 # A tiny stand-in for the adapter: decide once per step, report refreshes with a row mask.
@@ -383,7 +392,8 @@ def test_fixed_patterns(cfg, T, expected):
 
 
 def test_fixed_reasons_and_uncached_sample():
-    (pattern,), decisions = drive(FixedRule(FixedConfig(interval=3, warmup_steps=1, final_steps=1)), 6, drop_observe={0})
+    (pattern,), decisions = drive(FixedRule(FixedConfig(interval=3, warmup_steps=1, final_steps=1)), 6,
+                                  drop_observe={0})
     assert pattern == "CCRRCC"
     assert [d.reason[0] for d in decisions] == ["first", "first", "reuse", "reuse", "interval", "final"]
 

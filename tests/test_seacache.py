@@ -6,9 +6,19 @@ from __future__ import annotations
 import diffusers
 import pytest
 import torch
+from conftest import (
+    cog_kwargs,
+    flux_kwargs,
+    hunyuan_kwargs,
+    ltx_kwargs,
+    tiny_cogvideox,
+    tiny_flux,
+    tiny_hunyuan,
+    tiny_ltx,
+    tiny_wan,
+    wan_kwargs,
+)
 
-from conftest import (cog_kwargs, flux_kwargs, hunyuan_kwargs, ltx_kwargs, tiny_cogvideox, tiny_flux, tiny_hunyuan,
-                      tiny_ltx, tiny_wan, wan_kwargs)
 from sencache.adapter import hooks
 from sencache.adapter.grid import latent_grid, token_grid
 from sencache.core.rules import SeaCacheConfig

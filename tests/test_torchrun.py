@@ -43,11 +43,11 @@ def torchrun(args: list[str], cwd, timeout: int = 60) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from sencache.calibration.calibrate import calibrate
     from sencache.calibration.baselines import calibrate_baselines
-    from sencache.demo_model.prompts import default_calibration_prompts
+    from sencache.calibration.calibrate import calibrate
     from sencache.demo_model.build import build_pipeline
     from sencache.demo_model.data import vocabulary
+    from sencache.demo_model.prompts import default_calibration_prompts
 
     pipe = build_pipeline(vocabulary(), num_layers=1, num_attention_heads=2, attention_head_dim=16, ffn_dim=32)
     pipe.set_progress_bar_config(disable=True)
@@ -235,8 +235,9 @@ def test_guard_refreshes_where_any_rank_refreshes_and_says_so(ranks, reference):
 
 
 def test_sync_group_options_in_one_process(wan_pipe):
-    import sencache
     from conftest import flat_profile
+
+    import sencache
     from sencache import SenCacheConfig, SenCacheError
 
     config = SenCacheConfig(flat_profile("WanTransformer3DModel"), eps=0.1)
@@ -254,8 +255,9 @@ def test_sync_group_options_in_one_process(wan_pipe):
 
 
 def test_offloaded_residuals_give_bit_exact_outputs_and_live_on_the_cpu():
-    import sencache
     from conftest import flat_profile, tiny_wan
+
+    import sencache
     from sencache import SenCacheConfig
 
     transformer = tiny_wan(num_layers=2).transformer

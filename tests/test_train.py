@@ -66,7 +66,8 @@ def test_vae_training_is_deterministic_resumable_and_records_the_latent_statisti
     run_vae(tmp_path / "c", 3, seed=1)
     assert losses(tmp_path / "c", "vae_loss.csv") != losses(tmp_path / "a", "vae_loss.csv")
     config = json.loads((first / "config.json").read_text())
-    assert config["latents_std"] != [1.0] * 8 and all(s > 0 for s in config["latents_std"])  # measured, not placeholders
+    # measured, not placeholders
+    assert config["latents_std"] != [1.0] * 8 and all(s > 0 for s in config["latents_std"])
 
 
 def test_vae_overrides_and_latent_noise_reach_the_model_and_the_loss(tmp_path):
@@ -86,11 +87,12 @@ def test_vae_overrides_and_latent_noise_reach_the_model_and_the_loss(tmp_path):
 def test_sigterm_stops_with_a_checkpoint_and_an_exported_pipeline(tmp_path, vae_dir):
     """A `kill`ed background run loses nothing: it saves its checkpoint and exports the pipeline."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sencache.demo_model.train", "--vae", str(vae_dir), "--out", str(out), "--steps", "100000",
-           "--batch-size", "1", "--threads", "1", "--save-every", "1000", "--warmup", "2",
+    cmd = [sys.executable, "-m", "sencache.demo_model.train", "--vae", str(vae_dir), "--out", str(out),
+           "--steps", "100000", "--batch-size", "1", "--threads", "1", "--save-every", "1000", "--warmup", "2",
            "--transformer-overrides", '{"num_layers": 1, "patch_size": [1, 2, 2]}']
     with open(tmp_path / "train.log", "w") as console:
-        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
         log = out / "loss.csv"
         deadline = time.time() + 180
         while proc.poll() is None and time.time() < deadline:

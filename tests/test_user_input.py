@@ -17,8 +17,8 @@ from conftest import flat_profile, tiny_wan, wan_kwargs
 
 import sencache
 from sencache import SenCacheConfig, SensitivityProfile
-from sencache.cli import main
 from sencache.cli import generate as generate_cli
+from sencache.cli import main
 from sencache.core.budget import recommended_eps, with_target
 from sencache.core.trajectories import trajectories_of
 from sencache.demo_model.systems import weights_dir

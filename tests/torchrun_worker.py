@@ -47,8 +47,9 @@ def cpu_context_parallel_shim() -> None:
 
 
 def wan_context_parallel(parallel: bool) -> dict:
-    import sencache
     from conftest import flat_profile, tiny_wan, wan_kwargs
+
+    import sencache
     from sencache import SenCacheConfig
 
     pipe = tiny_wan(num_layers=2)
@@ -137,6 +138,7 @@ def run_bare(transformer, config, kind: str, rank: int, world: int, sync_group) 
 
 def hand_sharded(rank: int, world: int) -> dict:
     from conftest import flat_profile, tiny_wan
+
     from sencache import SenCacheConfig
 
     transformer = tiny_wan(num_layers=1).transformer

@@ -30,9 +30,9 @@ from typing import Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
-from diffusers.hooks.hooks import StateManager
 
 from sencache.adapter.arguments import ArgumentReader
 from sencache.adapter.conditioning import noisy_latent, step_timesteps

@@ -11,6 +11,7 @@ one table (:data:`BLOCK_LISTS`); a model not listed is accepted when it has exac
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from diffusers.hooks._helpers import TransformerBlockRegistry
 

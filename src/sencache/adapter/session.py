@@ -27,6 +27,7 @@ from sencache.adapter.refresh_errors import refresh_errors
 from sencache.adapter.trace import Trace, TraceRecord
 from sencache.core.rules.base import Decision, StepInput, rms_per_sample
 from sencache.errors import SenCacheError
+from sencache.toolbox.numbers import finite_or_none
 
 logger = logging.getLogger("sencache")
 
@@ -334,7 +335,8 @@ class CacheSession:
         have = gen.has_residual.get(call.branch, torch.zeros(gen.batch, dtype=torch.bool))
         call.compute = ~(reuse & have)
         reasons = list(gen.decision.reason or [("reuse" if r else "refresh") for r in reuse.tolist()])
-        call.reasons = ["no_residual" if (r and not h) else why for r, h, why in zip(reuse.tolist(), have.tolist(), reasons)]
+        call.reasons = ["no_residual" if (r and not h) else why
+                        for r, h, why in zip(reuse.tolist(), have.tolist(), reasons)]
 
     def _prepare_plan(self) -> None:
         """Turn the call's per-sample mask into the block hooks' plan: the mode, the computing rows and what
@@ -442,10 +444,10 @@ class CacheSession:
             done = computed[row]
             self.trace.records.append(TraceRecord(
                 call=gen.call_index, step=call.step, timestep=float(times[row]), branch=call.branch, sample=row,
-                computed=bool(done), score=_finite_or_none(scores[row]), eps=eps,
+                computed=bool(done), score=finite_or_none(scores[row]), eps=eps,
                 reuse_run=0 if done else int(runs[row]), reason=call.reasons[row],
                 forecast=0 if done else int(orders[row]), expert=gen.expert,
-                predicted_error=_finite_or_none(predicted[row]),
+                predicted_error=finite_or_none(predicted[row]),
             ))
         gen.call_index += 1
         if call.step == call.num_steps - 1 and not gen.warned_no_reuse:
@@ -590,6 +592,3 @@ def on_cpu(decision: Decision) -> Decision:
     return replace(decision, reuse=reuse, order=order, score=score, predicted=predicted)
 
 
-def _finite_or_none(value) -> float | None:
-    value = float(value) if value is not None else None
-    return value if value is not None and math.isfinite(value) else None

@@ -39,6 +39,7 @@ from sencache.core.rules.teacache import fit_rescale_polynomial, relative_l1
 from sencache.errors import SenCacheError
 from sencache.runtime.generation import generate
 from sencache.runtime.prompts import check_disjoint
+from sencache.toolbox.files import write_json_atomic
 
 FORMAT = "sencache-baselines/1"
 BASELINES_NAME = "baselines.json"
@@ -73,7 +74,8 @@ class Baselines:
     diffusers_magcache_ratios: list[float] | None = None
     teacache_points: dict[str, list[float]] = field(default_factory=dict)  # "input"/"output" pairs of the fit
     magcache_prompt: str | None = None
-    settings: dict[str, dict] = field(default_factory=dict)  # tuned thresholds (see sencache.harness.tuning.tune_threshold)
+    # tuned thresholds (see sencache.harness.tuning.tune_threshold)
+    settings: dict[str, dict] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     # --- use ----------------------------------------------------------------------------------
@@ -138,12 +140,7 @@ class Baselines:
             raise SenCacheError(f"baselines file is malformed ({exc!r}); delete it to recalibrate") from None
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> "Baselines":
@@ -229,7 +226,8 @@ def teacache_pairs(rec: Recording) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def diffusers_magcache_ratios(pipe, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float) -> list[float]:
+def diffusers_magcache_ratios(pipe, prompt: str, seed: int, num_inference_steps: int,
+                              guidance_scale: float) -> list[float]:
     """The table diffusers' own ``MagCacheConfig(calibrate=True)`` prints (its first, cond-branch print)."""
     from diffusers import MagCacheConfig
 
@@ -256,7 +254,8 @@ def diffusers_magcache_ratios(pipe, prompt: str, seed: int, num_inference_steps:
 
 
 def calibrate_baselines(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), num_inference_steps: int = 50,
-                        guidance_scale: float = 5.0, diffusers_magcache: bool = True, progress: bool = True) -> Baselines:
+                        guidance_scale: float = 5.0, diffusers_magcache: bool = True,
+                        progress: bool = True) -> Baselines:
     """Uncached runs on ``prompts`` x ``seeds``: MagCache table (first run only), TeaCache fit (all runs)."""
     from tqdm.auto import tqdm
 
@@ -317,7 +316,8 @@ def calibrate_baselines(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,
     )
 
 
-def ensure_baselines(pipe, path, evaluation_prompts: Sequence[str] = (), calibration_prompts: Sequence[str] | None = None,
+def ensure_baselines(pipe, path, evaluation_prompts: Sequence[str] = (),
+                     calibration_prompts: Sequence[str] | None = None,
                      seeds: Sequence[int] = (0,), num_inference_steps: int = 50, guidance_scale: float = 5.0,
                      fallback_dir=None, log=print, progress: bool = True,
                      save_path=None) -> tuple[Baselines, Path]:

@@ -49,8 +49,8 @@ from sencache.calibration.secants import (
     measure_noised,
     measure_trajectory,
 )
-from sencache.calibration.videos import list_videos, load_video
 from sencache.calibration.targets import target_for
+from sencache.calibration.videos import list_videos, load_video
 from sencache.core.profile import (
     SensitivityProfile,
     model_class_name,

@@ -132,7 +132,8 @@ def gain_curve(steps: Sequence[int], timesteps: Sequence[float], per_run: Sequen
     t = np.asarray([timesteps[k] for k in steps], dtype=np.float64)
     ok = np.isfinite(med)
     if not ok.any():
-        raise SenCacheError("the gain could not be measured at any step (no residual change); use more steps or prompts")
+        raise SenCacheError("the gain could not be measured at any step (no residual change); "
+                            "use more steps or prompts")
     t, med = t[ok], med[ok]
     if t.size == 1:  # one measured step (very short runs): a flat curve
         return [float(med[0])] * len(grid)
@@ -223,7 +224,7 @@ def _measure_combine(pipe, profile, runs, references, gen_kwargs, progress) -> t
     ratios = [real / pred for real, pred in samples]
     combine = _geometric_median(ratios)
     if not math.isfinite(combine):  # too few steps to reuse any: the plain sum stands
-        logger.warning("sencache calibrate: the closed loop reused no step on the calibration prompts, so its predicted "
-                       "PSNR is not calibrated (combine = 1); use more steps")
+        logger.warning("sencache calibrate: the closed loop reused no step on the calibration prompts, so its "
+                       "predicted PSNR is not calibrated (combine = 1); use more steps")
         combine = 1.0
     return combine, samples

@@ -20,7 +20,8 @@ from sencache.errors import SenCacheError, UnsupportedModelError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> model output
 SamplerOutput = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, f) -> sampler's output
-SamplerStep = Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]  # (sched, out, t, x, k) -> x'
+# (sched, out, t, x, k) -> x'
+SamplerStep = Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 TIMESTEP_UNIT = "transformer input (scheduler.timesteps)"
 SMOOTHING = "binomial (1,2,1)/4 over neighbouring grid steps; (2,1)/3 at the ends"

@@ -14,7 +14,6 @@ from sencache.calibration.wan_i2v_target import WanImageToVideoTarget, is_wan_i2
 from sencache.calibration.wan_target import WanTarget, is_wan
 from sencache.errors import UnsupportedModelError
 
-
 # (does this pipeline match?, its target), first match wins: each I2V sibling before its text-to-video family
 TARGETS = (
     (is_wan, WanTarget), (is_wan_i2v, WanImageToVideoTarget),

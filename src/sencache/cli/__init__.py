@@ -22,7 +22,8 @@ RESUMABLE = ("calibrate", "compare")  # they keep every finished sample / job as
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sencache`` parser with every command."""
-    parser = argparse.ArgumentParser(prog="sencache", description="Sensitivity-aware caching for diffusers video models")
+    parser = argparse.ArgumentParser(prog="sencache",
+                                     description="Sensitivity-aware caching for diffusers video models")
     parser.add_argument("--version", action="version", version=f"sencache {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

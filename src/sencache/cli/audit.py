@@ -33,9 +33,9 @@ from sencache.demo_model.prompts import (
     default_evaluation_prompts,
 )
 from sencache.errors import SenCacheError
-from sencache.harness.metrics import lpips_ready
 from sencache.harness.ablations import ablation_table, ablations
 from sencache.harness.audit import audit, baseline_configs, stats_table
+from sencache.harness.metrics import lpips_ready
 from sencache.harness.report import jsonable
 from sencache.harness.variants import (
     compare_correction,
@@ -131,7 +131,8 @@ def run_cli(args) -> int:
         if args.target_nfe is not None:
             config = with_target(SenCacheConfig(profile, **kwargs), args.target_nfe)
         else:
-            eps = args.eps if args.eps is not None else recommended_eps(profile, default=0.1, num_inference_steps=args.steps)
+            eps = (args.eps if args.eps is not None
+                   else recommended_eps(profile, default=0.1, num_inference_steps=args.steps))
             config = SenCacheConfig(profile, eps=eps, **kwargs)
         baselines = None
         if {"magcache", "teacache"} & set(args.methods):

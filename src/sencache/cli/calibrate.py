@@ -46,10 +46,11 @@ def add_cli(subparsers) -> None:
                         "(same arguments required); the folder is deleted once the profile is written")
     p.add_argument("--target-nfe", type=float, default=None,
                    help="also pick the eps whose simulated NFE on these trajectories is closest to this target "
-                        "(stored as recommended_eps; sencache.budget.with_target(config, target_nfe=N) does the same in Python)")
+                        "(stored as recommended_eps; sencache.budget.with_target(config, target_nfe=N) does the same "
+                        "in Python)")
     p.add_argument("--loop-prompts", type=int, default=3,
-                   help="calibration prompts (the first N, seed --seed) on which the closed-loop rule's clip-error gain "
-                        "and replay tables are measured (default 3; 0 skips it: the rule falls back to the eps "
+                   help="calibration prompts (the first N, seed --seed) on which the closed-loop rule's clip-error "
+                        "gain and replay tables are measured (default 3; 0 skips it: the rule falls back to the eps "
                         "schedule)")
     p.add_argument("--gain-every", type=int, default=3,
                    help="measure the gain at every K-th step, one extra generation each (default 3)")

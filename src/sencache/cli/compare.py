@@ -151,7 +151,8 @@ def _run_cli(args) -> int:
     print(text_table(results))
     if tuning:
         print("\n" + equal_nfe_table(results, args.nfe_targets))
-    print(f"\n{len(results['jobs'])} job(s) in {time.perf_counter() - start:.1f} s; results in {Path(args.out).resolve()}")
+    print(f"\n{len(results['jobs'])} job(s) in {time.perf_counter() - start:.1f} s; "
+          f"results in {Path(args.out).resolve()}")
     for f in results["failures"]:
         print(f"failed: job {f['job']} {f['prompt']!r} seed {f['seed']} on rank {f['rank']}: {f['error']}",
               file=sys.stderr)

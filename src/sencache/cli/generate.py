@@ -41,7 +41,6 @@ from sencache.runtime.generation import generate
 from sencache.runtime.prompts import read_prompts
 from sencache.runtime.video import save_clip
 
-
 CLIP_SUFFIXES = (".mp4", ".gif", ".npy")  # what --out may end in; any other dot belongs to the name
 
 
@@ -103,7 +102,8 @@ def attach_cache(args, pipe):
     value = args.eps
     if "profile" in spec.needs:
         if not profile_path.exists():
-            raise SenCacheError(f"no profile at {profile_path}; measure one with `sencache calibrate --out {profile_path}`")
+            raise SenCacheError(f"no profile at {profile_path}; "
+                                f"measure one with `sencache calibrate --out {profile_path}`")
         ctx.profile = SensitivityProfile.load(profile_path)
         if args.preset:
             overrides = {} if value is None else {"eps": value}

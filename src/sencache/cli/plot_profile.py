@@ -6,13 +6,13 @@ the calibration samples, and for ‖J_t‖ the raw and smoothed curves when the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from sencache.core.profile import SensitivityProfile
 from sencache.errors import SenCacheError
+from sencache.toolbox.files import write_atomic
 
 
 def _positive(values, floor: float) -> np.ndarray:
@@ -79,15 +79,10 @@ def plot_profile(profile: SensitivityProfile, out) -> Path:
         bits.append(f"source: {meta['source']}")
     fig.suptitle("Sensitivity profile — " + ", ".join(bits), fontsize=10)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)  # never leave a half-written picture behind
+        write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 

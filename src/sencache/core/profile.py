@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from sencache.core.reference_table import read_reference_table
-from sencache.errors import ProfileError
+from sencache.errors import ProfileError, SenCacheError
+from sencache.toolbox.files import write_json_atomic
 
 FORMAT = "sencache-profile/1"
 
@@ -257,12 +258,7 @@ class SensitivityProfile:
 
     def save(self, path) -> Path:
         """Write the profile as JSON, atomically (a half-written file never replaces a good one)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        tmp.replace(path)  # never leave a half-written profile behind
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> "SensitivityProfile":
@@ -346,7 +342,7 @@ def _check_stored_eps(metadata: dict) -> None:
 
 
 def _reject_constant(name: str):
-    raise ValueError(f"non-finite number {name}")
+    raise SenCacheError(f"non-finite number {name}")
 
 
 def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,8 @@ def trajectory_metadata(timesteps: Sequence[float], dists: Sequence[np.ndarray],
 
 @dataclass
 class Trajectories:
-    """The stored calibration trajectories, unpacked: the grid's timesteps and one (T, T) distance matrix per trajectory."""
+    """The stored calibration trajectories, unpacked: the grid's timesteps and one (T, T) distance matrix per
+    trajectory."""
     timesteps: np.ndarray  # (T,) float64, the grid in transformer-input units
     dist: list[np.ndarray]  # per sample (T, T)
     prompts: list[str] = field(default_factory=list)

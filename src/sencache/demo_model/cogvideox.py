@@ -97,7 +97,8 @@ def encode_clips(vae, frames) -> torch.Tensor:
     return vae.encode(frames_to_pixels(frames).to(vae.device)).latent_dist.mean * vae.config.scaling_factor
 
 
-def training_example(pipe, x0: torch.Tensor, captions: list[str], generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+def training_example(pipe, x0: torch.Tensor, captions: list[str],
+                     generator: torch.Generator) -> tuple[dict, torch.Tensor]:
     """The transformer's keyword arguments for noised ``x0`` and the v it should predict (v-prediction on the
     scheduler's own noise levels), through the pipeline's own text path."""
     scheduler = pipe.scheduler

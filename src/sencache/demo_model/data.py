@@ -38,6 +38,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from sencache.errors import SenCacheError
+
 FRAMES = 9
 SIZE = 32
 
@@ -84,17 +86,17 @@ class ObjectSpec:
 
     def __post_init__(self) -> None:
         if self.colour not in COLORS:
-            raise ValueError(f"unknown colour {self.colour!r}")
+            raise SenCacheError(f"unknown colour {self.colour!r}")
         if self.shape not in SHAPES:
-            raise ValueError(f"unknown shape {self.shape!r}")
+            raise SenCacheError(f"unknown shape {self.shape!r}")
         if self.size not in SIZES:
-            raise ValueError(f"unknown size {self.size!r}")
+            raise SenCacheError(f"unknown size {self.size!r}")
         if self.speed not in SPEEDS:
-            raise ValueError(f"unknown speed {self.speed!r}")
+            raise SenCacheError(f"unknown speed {self.speed!r}")
         if (self.speed == "still") != (self.direction == "still"):
-            raise ValueError("direction and speed must both be 'still' or both not be")
+            raise SenCacheError("direction and speed must both be 'still' or both not be")
         if self.direction != "still" and self.direction not in DIRECTIONS:
-            raise ValueError(f"unknown direction {self.direction!r}")
+            raise SenCacheError(f"unknown direction {self.direction!r}")
 
 
 @dataclass
@@ -126,9 +128,9 @@ def object_phrase(o: ObjectSpec) -> str:
 def caption_for(objects: list[ObjectSpec], background: str) -> str:
     """Caption of a scene (see the module docstring for the grammar)."""
     if not objects:
-        raise ValueError("a caption needs at least one object")
+        raise SenCacheError("a caption needs at least one object")
     if background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r}")
+        raise SenCacheError(f"unknown background {background!r}")
     return " and ".join(object_phrase(o) for o in objects) + f" on a {background} background"
 
 
@@ -140,10 +142,10 @@ def parse_caption(caption: str) -> tuple[list[ObjectSpec], str]:
     def expect(*allowed: str) -> str:
         nonlocal pos
         if pos >= len(toks):
-            raise ValueError(f"caption ended early, expected one of {allowed}: {caption!r}")
+            raise SenCacheError(f"caption ended early, expected one of {allowed}: {caption!r}")
         tok = toks[pos]
         if tok not in allowed:
-            raise ValueError(f"unexpected word {tok!r} at {pos}, expected one of {allowed}: {caption!r}")
+            raise SenCacheError(f"unexpected word {tok!r} at {pos}, expected one of {allowed}: {caption!r}")
         pos += 1
         return tok
 
@@ -170,7 +172,7 @@ def parse_caption(caption: str) -> tuple[list[ObjectSpec], str]:
     background = expect(*BACKGROUNDS)
     expect("background")
     if pos != len(toks):
-        raise ValueError(f"trailing words {toks[pos:]}: {caption!r}")
+        raise SenCacheError(f"trailing words {toks[pos:]}: {caption!r}")
     return objects, background
 
 
@@ -208,7 +210,7 @@ def sample_specs(rng: np.random.Generator,
 def with_small_size(small_px: int) -> dict[str, int]:
     """``SIZE_PX`` with another side for small objects (the first three training stages used 7 px)."""
     if not 3 <= small_px < SIZE_PX["large"]:
-        raise ValueError(f"small objects must be 3 to {SIZE_PX['large'] - 1} px (large ones are "
+        raise SenCacheError(f"small objects must be 3 to {SIZE_PX['large'] - 1} px (large ones are "
                          f"{SIZE_PX['large']} px); got {small_px}")
     return {**SIZE_PX, "small": small_px}
 
@@ -251,7 +253,7 @@ def _shape_mask(shape: str, side: int) -> np.ndarray:
         # so the fill ratio of the bounding box is ~0.5-0.55
         half = np.maximum((yy + 1) / 2.0 - 0.5, c - np.floor(c))  # apex: 1 px (odd) / 2 px (even)
         return np.abs(xx - c) <= half + 1e-9
-    raise ValueError(f"unknown shape {shape!r}")
+    raise SenCacheError(f"unknown shape {shape!r}")
 
 
 def _render_background(background: str, rng: np.random.Generator) -> np.ndarray:
@@ -275,7 +277,7 @@ def _render_background(background: str, rng: np.random.Generator) -> np.ndarray:
             pat = (xx // width + yy // width) % 2
         img = base[None, None, :] + contrast * pat[..., None]
     else:
-        raise ValueError(f"unknown background {background!r}")
+        raise SenCacheError(f"unknown background {background!r}")
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 

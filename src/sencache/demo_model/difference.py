@@ -30,7 +30,8 @@ def most_different_object(caption: str, reference: np.ndarray, first: np.ndarray
         if not region.any():
             continue
         entry = {"object": phrase, "difference": _mean_abs(first, second, region),
-                 "first_error": _mean_abs(first, reference, region), "second_error": _mean_abs(second, reference, region)}
+                 "first_error": _mean_abs(first, reference, region),
+                 "second_error": _mean_abs(second, reference, region)}
         if best is None or entry["difference"] > best["difference"]:
             best = entry
     return best

@@ -4,18 +4,17 @@ handled like Ctrl-C (background jobs of a non-interactive shell ignore SIGINT, s
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from pathlib import Path
 
 import torch
 
+from sencache.toolbox.files import write_atomic
+
 
 def save_atomic(state: dict, path: Path) -> None:
     """``torch.save`` through a temporary file: an interrupted save never corrupts the last checkpoint."""
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -44,6 +44,7 @@ from sencache.demo_model.data import (
     object_phrase,
     parse_caption,
 )
+from sencache.errors import SenCacheError
 
 COLOUR_DIST = 110.0  # max RGB distance to the palette colour
 MIN_CHROMA = 60  # max(rgb) - min(rgb) of a pixel counted as coloured
@@ -80,7 +81,7 @@ _PALETTE = np.array([COLORS[c] for c in _PALETTE_NAMES], np.float32)
 def _as_uint8_video(frames: np.ndarray) -> np.ndarray:
     a = np.asarray(frames)
     if a.ndim != 4 or a.shape[-1] != 3:
-        raise ValueError(f"expected frames of shape (F, H, W, 3), got {a.shape}")
+        raise SenCacheError(f"expected frames of shape (F, H, W, 3), got {a.shape}")
     if a.dtype != np.uint8:
         a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if a.max(initial=0.0) <= 1.5:  # float video in [0, 1]
@@ -403,4 +404,5 @@ def breakdown_lines(scores: dict) -> list[str]:
     return lines
 
 
-__all__ = ["judge_video", "breakdown_lines", "judge_many", "aggregate", "clip_summary", "analyse_object", "ATTRIBUTES", "CORE_ATTRIBUTES"]
+__all__ = ["judge_video", "breakdown_lines", "judge_many", "aggregate", "clip_summary", "analyse_object", "ATTRIBUTES",
+           "CORE_ATTRIBUTES"]

@@ -99,7 +99,8 @@ def encode_clips(vae, frames) -> torch.Tensor:
     return (z - mean) * vae.config.scaling_factor / std
 
 
-def training_example(pipe, x0: torch.Tensor, captions: list[str], generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+def training_example(pipe, x0: torch.Tensor, captions: list[str],
+                     generator: torch.Generator) -> tuple[dict, torch.Tensor]:
     """The transformer's keyword arguments for noised ``x0`` and the velocity it should predict (rectified flow,
     LTX's objective, on packed tokens), through the pipeline's own text path."""
     b, _, frames, height, width = x0.shape

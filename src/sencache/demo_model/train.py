@@ -160,7 +160,8 @@ def train(args) -> Path:
                     for e, p in zip(ema.parameters(), modules.parameters()):
                         e.lerp_(p, 1 - decay)
                 step += 1
-                log.writerow([step, f"{loss.item():.6f}", f"{opt.param_groups[0]['lr']:.3e}", f"{time.time() - t0:.1f}"])
+                log.writerow([step, f"{loss.item():.6f}", f"{opt.param_groups[0]['lr']:.3e}",
+                              f"{time.time() - t0:.1f}"])
                 log_file.flush()  # the curve on disk is always current (cheap: one line per step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -187,7 +188,8 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--small-px", dest="sizes", type=data.sizes_option, default=str(data.SIZE_PX["small"]), metavar="N",
-                   help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
+                   help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first "
+                        "three stages used 7)")
     p.add_argument("--objects-mix", type=data.objects_mix_option, default=data.N_OBJECTS_WEIGHTS, metavar="A,B,C",
                    help="weights of 1, 2 and 3 objects in the training clips (default: the training distribution, "
                         "%s); the seventh stage used 0.4,0.35,0.25 to train more on crowded clips"
@@ -214,7 +216,8 @@ def parse_args(argv=None):
                    help="with --init-from: this run's overrides may add layers or text-encoder buckets; the "
                         "new layers start as identities, so the larger model first computes what the old one did")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--export-only", action="store_true", help="save the checkpoint's EMA weights as a pipeline and exit")
+    p.add_argument("--export-only", action="store_true",
+                   help="save the checkpoint's EMA weights as a pipeline and exit")
     return p.parse_args(argv)
 
 

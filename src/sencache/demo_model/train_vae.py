@@ -135,7 +135,8 @@ def train(args) -> Path:
             while step < min(args.steps, args.stop_at or args.steps) and time.time() < deadline:
                 progress = step / max(1, args.steps)
                 for group in opt.param_groups:  # warm-up, then cosine down to 10 %
-                    group["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+                    group["lr"] = (args.lr * min(1.0, (step + 1) / 100)
+                                   * (0.1 + 0.45 * (1 + math.cos(math.pi * progress))))
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
                 clips = make_clips(step, args.seed, args.batch_size, args.sizes).to(args.device)
                 loss, rec = vae_loss(vae, clips, gen, args.latent_noise)
@@ -175,7 +176,8 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--small-px", dest="sizes", type=data.sizes_option, default=str(data.SIZE_PX["small"]), metavar="N",
-                   help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first three stages used 7)")
+                   help="side of small objects in pixels (default %(default)s; the shipped model's VAE and first "
+                        "three stages used 7)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

@@ -24,7 +24,8 @@ def set_latent_stats(vae, mean: list[float], std: list[float]) -> None:
     vae.register_to_config(latents_mean=mean, latents_std=std)
 
 
-def training_example(pipe, x0: torch.Tensor, captions: list[str], generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+def training_example(pipe, x0: torch.Tensor, captions: list[str],
+                     generator: torch.Generator) -> tuple[dict, torch.Tensor]:
     """The transformer's keyword arguments for noised ``x0`` and the velocity it should predict (rectified flow,
     Wan's objective)."""
     b = x0.shape[0]

@@ -22,6 +22,7 @@ from sencache.demo_model.data import (
     caption_for,
     parse_caption,
 )
+from sencache.errors import SenCacheError
 
 #: attribute -> the words it can take
 ALTERNATIVES: dict[str, tuple[str, ...]] = {
@@ -33,7 +34,8 @@ def swapped_captions(caption: str) -> dict[str, list[str]]:
     """Every variant of a one-object ``caption`` with exactly one attribute word replaced, per attribute."""
     objects, background = parse_caption(caption)
     if len(objects) != 1:
-        raise ValueError(f"the word-effect probe needs a one-object caption, got {len(objects)} objects: {caption!r}")
+        raise SenCacheError(f"the word-effect probe needs a one-object caption, got {len(objects)} objects: "
+                            f"{caption!r}")
     (obj,) = objects
     out: dict[str, list[str]] = {}
     for attribute, words in ALTERNATIVES.items():
@@ -51,7 +53,7 @@ def word_effect(render: Callable[[str, int], np.ndarray], caption: str, seeds: l
     change comes from the swapped word alone.
     """
     if not seeds:
-        raise ValueError("word_effect needs at least one seed")
+        raise SenCacheError("word_effect needs at least one seed")
     variants = swapped_captions(caption)
     totals = {attribute: [] for attribute in variants}
     for seed in seeds:

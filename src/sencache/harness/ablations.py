@@ -15,8 +15,9 @@ from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.trajectories import trajectories_of
 from sencache.errors import SenCacheError
 from sencache.harness.metrics import lpips_weights_path
-from sencache.harness.report import fmt_number, jsonable, plain_log_ticks
+from sencache.harness.report import jsonable, plain_log_ticks
 from sencache.harness.runner import runs_against_reference
+from sencache.toolbox.numbers import fmt_number
 
 # --------------------------------------------------------------------------------------------
 # ablations

@@ -21,8 +21,8 @@ cached run's outputs are unchanged (tested bit-exactly). Recorded per reused row
 and samples, and the within-step Spearman across samples (prompts x seeds) averaged over steps;
 :func:`plot_scatter` draws predicted against actual, log-log, one panel per method.
 
-:func:`sencache.harness.ablations.ablations` runs the paper's two ablations on SenCache — n = max_reuse 1…7 at a fixed ε, and an
-ε sweep at fixed n — against the uncached reference (NFE, PSNR, SSIM, LPIPS), as a markdown table
+:func:`sencache.harness.ablations.ablations` runs the paper's two ablations on SenCache — n = max_reuse 1…7 at a fixed
+ε, and an ε sweep at fixed n — against the uncached reference (NFE, PSNR, SSIM, LPIPS), as a markdown table
 and a plot. ``sencache audit`` (see :mod:`sencache.cli.audit`) drives all of it.
 """
 
@@ -42,8 +42,9 @@ from sencache.adapter.hooks import quiet_sencache
 from sencache.adapter.observers import CallEvent
 from sencache.errors import SenCacheError
 from sencache.harness.methods import MethodContext, get_method, ours_config
-from sencache.harness.report import fmt_number, jsonable, plain_log_ticks
+from sencache.harness.report import jsonable, plain_log_ticks
 from sencache.runtime.generation import generate
+from sencache.toolbox.numbers import fmt_number
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,7 +70,7 @@ def pearson(x, y) -> float:
     """Pearson's r; NaN when fewer than 2 points or a constant input."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size != y.size:
-        raise ValueError(f"pearson needs equal lengths (got {x.size} and {y.size})")
+        raise SenCacheError(f"pearson needs equal lengths (got {x.size} and {y.size})")
     if x.size < 2:
         return math.nan
     dx, dy = x - x.mean(), y - y.mean()
@@ -81,7 +82,7 @@ def spearman(x, y) -> float:
     """Spearman's ρ: Pearson's r of the average ranks."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size != y.size:
-        raise ValueError(f"spearman needs equal lengths (got {x.size} and {y.size})")
+        raise SenCacheError(f"spearman needs equal lengths (got {x.size} and {y.size})")
     if x.size < 2:
         return math.nan
     return pearson(rankdata(x), rankdata(y))
@@ -349,8 +350,9 @@ def stats_table(result: dict) -> str:
     for method, s in result["stats"].items():
         base = method.split(" [")[0]  # "sencache [forecast]" ran as "sencache"
         nfe = np.mean([r["nfe"] for r in result["runs"] if r["method"] == base])
-        lines.append(f"| {method} | {nfe:.2f} | {s['n']} | {fmt_number(s['pearson'])} | {fmt_number(s['pearson_log'])} | "
-                     f"{fmt_number(s['spearman'])} | {fmt_number(s['within_step_spearman'])} ({s['within_step_steps']}) | "
+        lines.append(f"| {method} | {nfe:.2f} | {s['n']} | {fmt_number(s['pearson'])} | "
+                     f"{fmt_number(s['pearson_log'])} | {fmt_number(s['spearman'])} | "
+                     f"{fmt_number(s['within_step_spearman'])} ({s['within_step_steps']}) | "
                      f"{fmt_number(s['median_actual_over_score'], '.3g')} |")
     lines += ["", "Scores: SenCache S (RMS output units), MagCache accumulated error E, TeaCache accumulated "
               "rescaled change A; Pearson on raw values, Spearman on ranks, pooled over steps and samples. "

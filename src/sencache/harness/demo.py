@@ -71,8 +71,8 @@ def choose_settings(pipe, baselines, baselines_path, profile, methods, steps: in
             found["rule"] = rule
         found["seconds"] = round(time.perf_counter() - start, 1)
         param = get_method(method).param
-        log(f"  {method}{f' ({rule} rule)' if rule else ''}: {param} {found['value']:g} gives NFE {found['nfe']:g} on the calibration prompt "
-            f"({len(found['evaluations'])} runs, {found['seconds']:.0f} s)")
+        log(f"  {method}{f' ({rule} rule)' if rule else ''}: {param} {found['value']:g} gives NFE {found['nfe']:g} "
+            f"on the calibration prompt ({len(found['evaluations'])} runs, {found['seconds']:.0f} s)")
         baselines.settings[key] = found
         chosen[method] = found
         changed = True

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from sencache.core.default_rule import SCHEDULE
-from sencache.harness.report import fmt_number
 from sencache.harness.tails import BROKEN_PSNR_DB, with_tails
+from sencache.toolbox.numbers import fmt_number
 
 METRICS = ("psnr", "ssim", "lpips")
 TAIL_METRICS = ("psnr_p10", "psnr_min", "lpips_max")  # interpolated along the curve, like the means
@@ -157,7 +157,8 @@ def equal_nfe_table(results: dict, targets) -> str:
                 cells.append("–")
                 continue
             text = _bold_if(f"{w:.2f}", w, best_min[i]) + (f" ({lp:.4f})" if lp is not None else "")
-            cells.append(f"{text}; {fmt_number(row['broken'][i], 'd')} broken; {fmt_number(row['schedules'][i], 'd')} sched.")
+            cells.append(f"{text}; {fmt_number(row['broken'][i], 'd')} broken; "
+                         f"{fmt_number(row['schedules'][i], 'd')} sched.")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

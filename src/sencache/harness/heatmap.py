@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sencache.errors import SenCacheError
+
 #: differences are small next to a frame's range: ×4 makes a 1/4-range error (64 levels) saturate
 DEFAULT_GAIN = 4.0
 
@@ -12,7 +14,7 @@ def difference(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Mean |other − reference| over RGB in [0, 1], (F, H, W), for uint8 videos (F, H, W, 3) of one shape."""
     a, b = np.asarray(reference), np.asarray(other)
     if a.shape != b.shape:
-        raise ValueError(f"heat map of videos of different shapes: {a.shape} vs {b.shape}")
+        raise SenCacheError(f"heat map of videos of different shapes: {a.shape} vs {b.shape}")
     return np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(-1) / 255.0
 
 

@@ -79,7 +79,8 @@ def loop_audit(pipe, config, prompts: Sequence[str], seeds: Sequence[int], num_i
 def audit_table(results: Sequence[dict]) -> str:
     """Markdown: one block per tolerance, local Spearman (all / hold / forecast) and clip Spearman."""
     lines = ["| ε (tolerance) | mean NFE | local Spearman (all / hold / forecast) | within-step Spearman (all) | "
-             "clip Spearman (predicted vs real error) | median real / predicted clip error |", "|---|---|---|---|---|---|"]
+             "clip Spearman (predicted vs real error) | median real / predicted clip error |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         loc = r["local"]
 

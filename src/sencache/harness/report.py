@@ -23,8 +23,8 @@ import numpy as np
 from sencache.errors import SenCacheError
 from sencache.harness.metrics import PSNR_CAP_DB
 from sencache.harness.tails import BROKEN_PSNR_DB, TAIL_FIELDS, with_tails
-
 from sencache.runtime.video import grid_video, write_gif, write_mp4
+from sencache.toolbox.numbers import fmt_number
 
 __all__ = [
     "load_frames",
@@ -390,7 +390,8 @@ def _settings_list(results: dict) -> str:
 
 PAGE_CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
-table{border-collapse:collapse;margin:12px 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:12px 0;font-size:14px}\
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:nth-child(-n+2),td:nth-child(-n+2){text-align:left}tr.primary{background:#fff6d6}
 img,video{max-width:100%;image-rendering:pixelated}code{font-size:12px;word-break:break-all}.note{color:#666;font-size:13px}
 """
@@ -413,8 +414,8 @@ def html_page(results: dict, files: dict[str, Path]) -> str:
     parts.append("<h2>Results</h2>" + _html_table(results) +
                  f"<p class='note'>NFE = block-stack runs in full-step units (of {T}); time = wall time of the "
                  "pipeline call; speed-up = uncached time / method time (same machine, same run; noisy on a shared "
-                 f"CPU). PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos. Highlighted "
-                 "rows are the settings shown in the video and the schedule plot.</p>")
+                 f"CPU). PSNR is capped at {results.get('psnr_cap_db', PSNR_CAP_DB):g} dB for identical videos. "
+                 "Highlighted rows are the settings shown in the video and the schedule plot.</p>")
     parts.append(_html_equal_nfe(results))
     if "schedule.png" in names:
         parts.append(f"<h2>Skip schedules</h2><img src='{names['schedule.png']}' alt='skip schedules'>")
@@ -422,7 +423,8 @@ def html_page(results: dict, files: dict[str, Path]) -> str:
         parts.append(f"<h2>Fidelity vs NFE</h2><img src='{names['pareto.png']}' alt='pareto'>")
     parts.append("<h2>Settings</h2>" + _settings_list(results))
     ev = results.get("evaluation", {})
-    parts.append("<h2>Prompts</h2><h3>Evaluation (held out)</h3>" + _prompt_list(ev.get("prompts", []), ev.get("seeds")))
+    parts.append("<h2>Prompts</h2><h3>Evaluation (held out)</h3>" +
+                 _prompt_list(ev.get("prompts", []), ev.get("seeds")))
     calib = results.get("calibration") or {}
     if not calib:
         parts.append("<p class='note'>No calibration data was used.</p>")
@@ -460,11 +462,6 @@ def write_report(out_dir, results: dict | None = None, frames: dict | None = Non
     files["report.html"] = out / "report.html"
     files["report.html"].write_text(html_page(results, files))
     return files
-
-
-def fmt_number(v, spec: str = ".3f", none: str = "–") -> str:
-    """A number formatted with ``spec``; ``none`` for None or a non-finite float."""
-    return none if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 def plain_log_ticks(axis, values) -> None:

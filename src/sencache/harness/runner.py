@@ -18,6 +18,7 @@ from tqdm import tqdm
 from sencache.adapter.hooks import disable, enable, quiet_sencache
 from sencache.harness.metrics import PSNR_CAP_DB, video_metrics
 from sencache.runtime.generation import generate
+from sencache.toolbox.numbers import finite_or_none
 
 
 class Handle(Protocol):
@@ -72,14 +73,6 @@ def run_with(pipe, attach: Callable[[], Handle], prompt: str, seed: int, gen_kwa
     finally:
         handle.remove()
     return Run(out.frames, out.seconds, stats)
-
-
-def finite_or_none(x) -> float | None:
-    """``x`` as a float, or None when it is None or not finite."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def score(reference: np.ndarray, test: np.ndarray, use_lpips: bool) -> dict:

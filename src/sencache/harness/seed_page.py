@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sencache.errors import SenCacheError
 from sencache.harness.heatmap import DEFAULT_GAIN, colour_scale, heat_map
-from sencache.harness.report import PAGE_CSS, video_columns, fmt_number, primary_rows
+from sencache.harness.report import PAGE_CSS, primary_rows, video_columns
 from sencache.runtime.video import grid_video, text_image, write_gif, write_mp4
+from sencache.toolbox.numbers import fmt_number
 
 TITLE_BAND = 32  # a multiple of 16, so the stacked video keeps H.264-friendly sizes
 
@@ -52,7 +54,7 @@ def system_grid(run: SystemRun, gain: float = DEFAULT_GAIN) -> np.ndarray:
     cols = video_columns(run.results)
     jobs = [j for j in run.results.get("jobs", []) if all(f"{j['job']}|{k}" in run.frames for k, _ in cols)]
     if not jobs:
-        raise ValueError(f"{run.name}: no job has frames for every column")
+        raise SenCacheError(f"{run.name}: no job has frames for every column")
     cells, labels = [], []
     for i, job in enumerate(jobs):
         clips = [run.frames[f"{job['job']}|{k}"] for k, _ in cols]
@@ -72,9 +74,9 @@ def _table(results: dict, display: dict[str, str]) -> str:
     for r in primary_rows(results):
         if r["method"] == "none" and r.get("setting") != "uncached reference":
             continue
-        cells = [display.get(r["method"], r["method"]) if r["method"] != "none" else "uncached", fmt_number(r["nfe"], ".1f"),
-                 fmt_number(r["speedup"], ".2f") + "×", fmt_number(r["psnr"], ".2f"), fmt_number(r["ssim"], ".4f"),
-                 fmt_number(r["lpips"], ".4f")]
+        cells = [display.get(r["method"], r["method"]) if r["method"] != "none" else "uncached",
+                 fmt_number(r["nfe"], ".1f"), fmt_number(r["speedup"], ".2f") + "×", fmt_number(r["psnr"], ".2f"),
+                 fmt_number(r["ssim"], ".4f"), fmt_number(r["lpips"], ".4f")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

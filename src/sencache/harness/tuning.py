@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from sencache.adapter.hooks import quiet_sencache
-from sencache.errors import SenCacheError
 from sencache.core.default_rule import RULES
+from sencache.errors import SenCacheError
 from sencache.harness.methods import MethodContext, default_rule_for, get_method
 from sencache.runtime.generation import generate
 

@@ -111,8 +111,8 @@ def compare_schedules(pipe, profile, prompts: Sequence[str], target_nfe: float, 
 def compare_correction(pipe, profile, prompts: Sequence[str], target_nfe: float, seeds: Sequence[int] = (0,),
                        **kwargs) -> dict:
     """SenCache with and without the per-sample correction, at the ε budget mode picks for ``target_nfe``
-    (the profile needs the normaliser: :func:`sencache.calibration.correction.calibrate_correction`). Keyword arguments go to
-    :func:`compare_variants`."""
+    (the profile needs the normaliser: :func:`sencache.calibration.correction.calibrate_correction`). Keyword arguments
+    go to :func:`compare_variants`."""
     return compare_variants(pipe, profile, prompts, target_nfe, {"fixed": {}, "correction": {"correction": True}},
                             seeds=seeds, baseline="fixed", **kwargs)
 

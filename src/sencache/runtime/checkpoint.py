@@ -17,6 +17,7 @@ import numpy as np
 
 from sencache.errors import SenCacheError
 from sencache.runtime import distributed as dist
+from sencache.toolbox.files import write_json_atomic
 
 RUN_FILE = "run.json"
 
@@ -85,6 +86,4 @@ class RunCheckpoint:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))  # NaN stays NaN (Python reads it back)
-    tmp.replace(path)
+    write_json_atomic(path, data, indent=None, allow_nan=True)  # NaN stays NaN (Python reads it back)

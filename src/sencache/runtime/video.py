@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from sencache.errors import SenCacheError
+
 
 def save_clip(frames: np.ndarray, stem, scale: int = 4, fps: int = 8) -> list:
     """Write frames (F, H, W, 3) in [0, 1] as STEM.mp4 and STEM.gif, upscaled ×scale (nearest) to be visible."""
@@ -80,14 +82,14 @@ def grid_video(cells: Sequence[Sequence[np.ndarray]], col_labels: Sequence[str],
     All cells must have the same shape. Returns uint8 (F, H', W', 3) with H', W' multiples of 16.
     """
     if not cells or not cells[0]:
-        raise ValueError("grid_video needs at least one cell")
+        raise SenCacheError("grid_video needs at least one cell")
     rows, cols = len(cells), len(cells[0])
     if any(len(r) != cols for r in cells) or len(col_labels) != cols or len(row_labels) != rows:
-        raise ValueError("grid_video: every row needs one cell per column label, and one label per row")
+        raise SenCacheError("grid_video: every row needs one cell per column label, and one label per row")
     videos = [[upscale(as_uint8(v), scale) for v in r] for r in cells]
     F, h, w, _ = videos[0][0].shape
     if any(v.shape != (F, h, w, 3) for r in videos for v in r):
-        raise ValueError("grid_video: all cells must have the same (frames, height, width)")
+        raise SenCacheError("grid_video: all cells must have the same (frames, height, width)")
     width = cols * w + (cols + 1) * gap
     lines = [_wrap(lbl, width - 8, 7.5) for lbl in row_labels]
     bands = [band * max(1, t.count("\n") + 1) for t in lines]

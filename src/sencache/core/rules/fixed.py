@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from sencache.core.rules.base import Decision, StepInput, in_final_steps
+from sencache.errors import SenCacheError
 
 __all__ = ["FixedConfig", "FixedRule", "FixedState", "NoCacheRule", "check_step_input", "check_rows"]
 
@@ -31,19 +32,21 @@ def check_step_input(state: Any, inp: StepInput, batch_size: int) -> None:
     ``state`` needs ``last_step`` and ``num_steps`` attributes; a rule updates them after the call.
     """
     if inp.num_steps < 1 or not 0 <= inp.step < inp.num_steps:
-        raise ValueError(
+        raise SenCacheError(
             f"step {inp.step} is outside 0..{inp.num_steps - 1}: pass a 0-based step index and the total step count"
         )
     if inp.step <= state.last_step:
-        raise ValueError(
+        raise SenCacheError(
             f"decide() got step {inp.step} after step {state.last_step}: call it once per step, in order, "
             "and call new_state() for every generation"
         )
     if state.num_steps is not None and state.num_steps != inp.num_steps:
-        raise ValueError(f"num_steps changed from {state.num_steps} to {inp.num_steps} within one generation: call new_state()")
+        raise SenCacheError(f"num_steps changed from {state.num_steps} to {inp.num_steps} within one generation: "
+                            "call new_state()")
     if inp.latent.shape[0] != batch_size:
-        raise ValueError(
-            f"latent has batch {inp.latent.shape[0]} but the state was made for {batch_size}: call new_state({inp.latent.shape[0]})"
+        raise SenCacheError(
+            f"latent has batch {inp.latent.shape[0]} but the state was made for {batch_size}: "
+            f"call new_state({inp.latent.shape[0]})"
         )
 
 
@@ -51,14 +54,14 @@ def check_rows(rows: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Validate an ``observe_refresh`` row mask: a (B,) bool tensor."""
     if not isinstance(rows, torch.Tensor) or rows.dtype != torch.bool or tuple(rows.shape) != (batch_size,):
         got = f"{tuple(rows.shape)} {rows.dtype}" if isinstance(rows, torch.Tensor) else type(rows).__name__
-        raise ValueError(f"rows must be a (B,) bool mask with B={batch_size}, got {got}")
+        raise SenCacheError(f"rows must be a (B,) bool mask with B={batch_size}, got {got}")
     return rows
 
 
 def _nonneg_int(value: Any, what: str, minimum: int = 0) -> int:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or int(value) != value or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+        raise SenCacheError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -109,7 +112,7 @@ class FixedRule:
 
     def __init__(self, config: FixedConfig | None = None) -> None:
         if config is not None and not isinstance(config, FixedConfig):
-            raise ValueError("FixedRule takes a FixedConfig: FixedRule(FixedConfig(interval=...))")
+            raise SenCacheError("FixedRule takes a FixedConfig: FixedRule(FixedConfig(interval=...))")
         self.config = config or FixedConfig()
 
     def computes_at(self, step: int, num_steps: int) -> bool:
@@ -125,7 +128,7 @@ class FixedRule:
     def new_state(self, batch_size: int) -> FixedState:
         """Fresh state for ``batch_size`` samples."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise SenCacheError(f"batch_size must be >= 1, got {batch_size}")
         return FixedState(cached=torch.zeros(batch_size, dtype=torch.bool))
 
     def decide(self, state: FixedState, inp: StepInput) -> Decision:
@@ -149,7 +152,8 @@ class FixedRule:
         reasons = ["first" if (step == 0 or not c) else why for c in state.cached.tolist()]
         return Decision(reuse=reuse, score=None, eps=NO_THRESHOLD, reason=reasons)
 
-    def observe_refresh(self, state: FixedState, inp: StepInput, rows: torch.Tensor, residual: torch.Tensor | None) -> None:
+    def observe_refresh(self, state: FixedState, inp: StepInput, rows: torch.Tensor,
+                        residual: torch.Tensor | None) -> None:
         """Mark the refreshed samples as holding a residual."""
         rows = check_rows(rows, state.batch_size)
         state.cached = state.cached | rows.to(state.cached.device)
@@ -163,13 +167,13 @@ class NoCacheRule:
     def new_state(self, batch_size: int) -> int:
         """Fresh state for ``batch_size`` samples."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise SenCacheError(f"batch_size must be >= 1, got {batch_size}")
         return batch_size
 
     def decide(self, state: int, inp: StepInput) -> Decision:
         """Never reuse."""
         if inp.latent.shape[0] != state:
-            raise ValueError(
+            raise SenCacheError(
                 f"latent has batch {inp.latent.shape[0]} but the state was made for {state}: "
                 f"call new_state({inp.latent.shape[0]})"
             )

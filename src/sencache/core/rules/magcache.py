@@ -29,6 +29,7 @@ import torch
 
 from sencache.core.rules.base import Decision, StepInput, in_final_steps
 from sencache.core.rules.fixed import check_rows, check_step_input
+from sencache.errors import SenCacheError
 
 __all__ = [
     "MagCacheConfig",
@@ -56,9 +57,9 @@ def nearest_table_index(step: int, num_steps: int, table_len: int) -> int:
     table entry wins, ties rounding up. Integer arithmetic keeps the result exact (no float ties).
     """
     if table_len < 1 or num_steps < 1:
-        raise ValueError(f"need table_len >= 1 and num_steps >= 1, got {table_len} and {num_steps}")
+        raise SenCacheError(f"need table_len >= 1 and num_steps >= 1, got {table_len} and {num_steps}")
     if not 0 <= step < num_steps:
-        raise ValueError(f"step {step} is outside 0..{num_steps - 1}")
+        raise SenCacheError(f"step {step} is outside 0..{num_steps - 1}")
     if num_steps == 1 or table_len == 1:
         return 0
     # round(step * (L-1) / (T-1)) with half-up rounding, as integers
@@ -73,7 +74,7 @@ def interpolate_ratios(ratios: Sequence[float], num_steps: int) -> tuple[float, 
     """
     table = tuple(float(r) for r in ratios)
     if not table:
-        raise ValueError("ratios is empty: pass one ratio per calibration step")
+        raise SenCacheError("ratios is empty: pass one ratio per calibration step")
     return tuple(table[nearest_table_index(i, num_steps, len(table))] for i in range(num_steps))
 
 
@@ -119,23 +120,26 @@ class MagCacheConfig:
         try:
             table = tuple(float(r) for r in (self.ratios.tolist() if hasattr(self.ratios, "tolist") else self.ratios))
         except (TypeError, ValueError):
-            raise ValueError("MagCacheConfig.ratios must be a sequence of numbers, one ratio per calibration step") from None
+            raise SenCacheError(
+                "MagCacheConfig.ratios must be a sequence of numbers, one ratio per calibration step"
+            ) from None
         if not table:
-            raise ValueError("MagCacheConfig.ratios is empty: pass the table from one uncached calibration run")
+            raise SenCacheError("MagCacheConfig.ratios is empty: pass the table from one uncached calibration run")
         if not all(math.isfinite(r) and r > 0 for r in table):
-            raise ValueError(
-                "MagCacheConfig.ratios must all be finite and > 0: recalibrate, the table holds a zero, negative or NaN entry"
+            raise SenCacheError(
+                "MagCacheConfig.ratios must all be finite and > 0: recalibrate, the table holds a zero, negative "
+                "or NaN entry"
             )
         object.__setattr__(self, "ratios", table)
         if not (_is_number(self.threshold) and self.threshold >= 0):
-            raise ValueError(f"MagCacheConfig.threshold must be a finite number >= 0, got {self.threshold!r}")
+            raise SenCacheError(f"MagCacheConfig.threshold must be a finite number >= 0, got {self.threshold!r}")
         if not (_is_number(self.max_skip) and int(self.max_skip) == self.max_skip and self.max_skip >= 0):
-            raise ValueError(f"MagCacheConfig.max_skip must be an integer >= 0, got {self.max_skip!r}")
+            raise SenCacheError(f"MagCacheConfig.max_skip must be an integer >= 0, got {self.max_skip!r}")
         object.__setattr__(self, "max_skip", int(self.max_skip))
         if not (_is_number(self.retention_ratio) and 0.0 <= self.retention_ratio <= 1.0):
-            raise ValueError(f"MagCacheConfig.retention_ratio must be in [0, 1], got {self.retention_ratio!r}")
+            raise SenCacheError(f"MagCacheConfig.retention_ratio must be in [0, 1], got {self.retention_ratio!r}")
         if not (_is_number(self.final_steps) and int(self.final_steps) == self.final_steps and self.final_steps >= 0):
-            raise ValueError(f"MagCacheConfig.final_steps must be an integer >= 0, got {self.final_steps!r}")
+            raise SenCacheError(f"MagCacheConfig.final_steps must be an integer >= 0, got {self.final_steps!r}")
         object.__setattr__(self, "final_steps", int(self.final_steps))
 
 
@@ -185,7 +189,7 @@ class MagCacheRule:
 
     def __init__(self, config: MagCacheConfig) -> None:
         if not isinstance(config, MagCacheConfig):
-            raise ValueError("MagCacheRule needs a MagCacheConfig: MagCacheRule(MagCacheConfig(ratios=...))")
+            raise SenCacheError("MagCacheRule needs a MagCacheConfig: MagCacheRule(MagCacheConfig(ratios=...))")
         self.config = config
 
     def ratio_at(self, step: int, num_steps: int) -> float:
@@ -196,7 +200,7 @@ class MagCacheRule:
     def new_state(self, batch_size: int) -> MagCacheState:
         """Fresh state for ``batch_size`` samples."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise SenCacheError(f"batch_size must be >= 1, got {batch_size}")
         return MagCacheState(
             product=torch.ones(batch_size, dtype=torch.float64),
             error=torch.zeros(batch_size, dtype=torch.float64),
@@ -280,7 +284,7 @@ def token_norms(residual: torch.Tensor, feature_dim: int = -1) -> torch.Tensor:
     pass ``feature_dim=1``. A (B, D) tensor is one token per sample.
     """
     if residual.ndim < 2:
-        raise ValueError(f"residual must have a batch and a feature dimension, got shape {tuple(residual.shape)}")
+        raise SenCacheError(f"residual must have a batch and a feature dimension, got shape {tuple(residual.shape)}")
     x = residual.detach().float().movedim(feature_dim, -1)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     return torch.linalg.vector_norm(x, dim=-1)
@@ -293,7 +297,8 @@ def _mean_norm_ratio(norms_now: torch.Tensor, norms_prev: torch.Tensor) -> torch
     rather than NaN; tokens zero at both steps give 0, which also pushes towards a refresh.
     """
     if norms_now.shape != norms_prev.shape:
-        raise ValueError(f"residual shapes differ between steps: {tuple(norms_now.shape)} vs {tuple(norms_prev.shape)}")
+        raise SenCacheError(f"residual shapes differ between steps: {tuple(norms_now.shape)} vs "
+                            f"{tuple(norms_prev.shape)}")
     tiny = torch.finfo(torch.float32).tiny
     return (norms_now / norms_prev.clamp_min(tiny)).mean(dim=-1)
 
@@ -311,7 +316,8 @@ def _smooth(gammas: Sequence[float], smooth_sqrt: bool) -> tuple[float, ...]:
     return tuple(math.sqrt(g) for g in gammas) if smooth_sqrt else tuple(gammas)
 
 
-def ratios_from_residual_norms(token_norms_per_step: Sequence[torch.Tensor], smooth_sqrt: bool = False) -> tuple[float, ...]:
+def ratios_from_residual_norms(token_norms_per_step: Sequence[torch.Tensor],
+                               smooth_sqrt: bool = False) -> tuple[float, ...]:
     """Ratio table from the per-token residual norms of one uncached run, one entry per step.
 
     Each entry is (N,) or (B, N) per-token L2 norms (see :func:`token_norms`). ``gamma_0 = 1.0``;
@@ -321,7 +327,7 @@ def ratios_from_residual_norms(token_norms_per_step: Sequence[torch.Tensor], smo
     """
     norms = [n.detach().float().reshape(1, -1) if n.ndim <= 1 else n.detach().float() for n in token_norms_per_step]
     if not norms:
-        raise ValueError("no residual norms given: pass one tensor per denoising step of an uncached run")
+        raise SenCacheError("no residual norms given: pass one tensor per denoising step of an uncached run")
     gammas = [1.0]
     for prev, now in zip(norms[:-1], norms[1:]):
         gammas.append(float(_mean_norm_ratio(now, prev).mean()))
@@ -357,7 +363,8 @@ class MagCacheCalibration:
     def ratios(self, smooth_sqrt: bool = False) -> tuple[float, ...]:
         """The table (batch mean per step), gamma_0 = 1.0, optionally sqrt-smoothed."""
         if not self.per_sample:
-            raise ValueError("MagCacheCalibration saw no residuals: run one uncached generation through observe() first")
+            raise SenCacheError("MagCacheCalibration saw no residuals: "
+                                "run one uncached generation through observe() first")
         return _smooth([float(g.mean()) for g in self.per_sample], smooth_sqrt)
 
     def to_config(self, smooth_sqrt: bool = False, **kwargs) -> MagCacheConfig:

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from sencache.errors import SenCacheError
+
 __all__ = ["DEFAULT_POWER_EXP", "flow_sigma", "sea_filter"]
 
 DEFAULT_POWER_EXP = 3.0  # SeaCache's clean-power exponent for video features
@@ -48,9 +50,9 @@ def sea_filter(grid: torch.Tensor, sigma: float, power_exp: float = DEFAULT_POWE
     Returns the filtered grid in the input's dtype (computed in float32), same shape.
     """
     if grid.ndim != 5:
-        raise ValueError(f"sea_filter needs a (B, F, H, W, C) grid, got shape {tuple(grid.shape)}")
+        raise SenCacheError(f"sea_filter needs a (B, F, H, W, C) grid, got shape {tuple(grid.shape)}")
     if not math.isfinite(float(sigma)):
-        raise ValueError(f"sea_filter needs a finite noise level sigma, got {sigma!r}")
+        raise SenCacheError(f"sea_filter needs a finite noise level sigma, got {sigma!r}")
     dtype = grid.dtype
     x = grid.contiguous().float()
     sigma = max(_SIGMA_GUARD, min(1.0 - _SIGMA_GUARD, float(sigma)))

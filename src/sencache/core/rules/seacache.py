@@ -29,6 +29,7 @@ import torch
 from sencache.core.rules.base import Decision, StepInput
 from sencache.core.rules.fixed import check_rows, check_step_input
 from sencache.core.rules.sea_filter import DEFAULT_POWER_EXP, sea_filter
+from sencache.errors import SenCacheError
 
 __all__ = ["SIGNALS", "SeaCacheConfig", "SeaCacheRule", "SeaCacheState", "sea_relative_l1"]
 
@@ -46,7 +47,7 @@ def sea_relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tens
 def _int_at_least(value, what: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or int(value) != value or value < minimum:
-        raise ValueError(f"SeaCacheConfig.{what} must be an integer >= {minimum}, got {value!r}")
+        raise SenCacheError(f"SeaCacheConfig.{what} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -82,17 +83,17 @@ class SeaCacheConfig:
     def __post_init__(self) -> None:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"SeaCacheConfig.threshold must be a finite number >= 0, got {t!r}")
+            raise SenCacheError(f"SeaCacheConfig.threshold must be a finite number >= 0, got {t!r}")
         if self.residual_order not in (0, 1) or isinstance(self.residual_order, bool):
-            raise ValueError(f"SeaCacheConfig.residual_order must be 0 (hold) or 1 (extrapolate), got "
+            raise SenCacheError(f"SeaCacheConfig.residual_order must be 0 (hold) or 1 (extrapolate), got "
                              f"{self.residual_order!r}")
         for name in ("retention_steps", "cache_end_steps", "max_consecutive"):
             object.__setattr__(self, name, _int_at_least(getattr(self, name), name))
         p = self.power_exp
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p <= 0:
-            raise ValueError(f"SeaCacheConfig.power_exp must be a positive number, got {p!r}")
+            raise SenCacheError(f"SeaCacheConfig.power_exp must be a positive number, got {p!r}")
         if self.signal not in SIGNALS:
-            raise ValueError(f"SeaCacheConfig.signal must be one of {SIGNALS}, got {self.signal!r}")
+            raise SenCacheError(f"SeaCacheConfig.signal must be one of {SIGNALS}, got {self.signal!r}")
 
     def build_rule(self) -> "SeaCacheRule":
         """A fresh :class:`SeaCacheRule` for the adapter."""
@@ -134,7 +135,7 @@ class SeaCacheRule:
     def new_state(self, batch_size: int) -> SeaCacheState:
         """Fresh state for ``batch_size`` samples."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise SenCacheError(f"batch_size must be >= 1, got {batch_size}")
         return SeaCacheState(accumulated=torch.zeros(batch_size, dtype=torch.float64),
                              consecutive=torch.zeros(batch_size, dtype=torch.long),
                              cached=torch.zeros(batch_size, dtype=torch.bool))
@@ -145,13 +146,13 @@ class SeaCacheRule:
         B = state.batch_size
         check_step_input(state, inp, B)
         if inp.grid is None or inp.sigma is None:
-            raise ValueError("SeaCache needs StepInput.grid (B, F, H, W, C) and StepInput.sigma from the adapter")
+            raise SenCacheError("SeaCache needs StepInput.grid (B, F, H, W, C) and StepInput.sigma from the adapter")
         if inp.grid.shape[0] != B:
-            raise ValueError(f"grid has batch {inp.grid.shape[0]}, expected {B}")
+            raise SenCacheError(f"grid has batch {inp.grid.shape[0]}, expected {B}")
         step, T = inp.step, inp.num_steps
         signal = sea_filter(inp.grid.detach(), inp.sigma, cfg.power_exp)
         if state.previous is not None and state.previous.shape != signal.shape:
-            raise ValueError(f"the SeaCache signal changed shape from {tuple(state.previous.shape)} to "
+            raise SenCacheError(f"the SeaCache signal changed shape from {tuple(state.previous.shape)} to "
                              f"{tuple(signal.shape)} mid-generation")
         first = ~state.cached | (state.previous is None)
         retained = step < cfg.retention_steps

@@ -27,6 +27,7 @@ import torch
 
 from sencache.core.rules.base import Decision, StepInput, in_final_steps
 from sencache.core.rules.fixed import check_rows, check_step_input
+from sencache.errors import SenCacheError
 
 __all__ = ["TeaCacheConfig", "TeaCacheRule", "TeaCacheState", "relative_l1", "fit_rescale_polynomial", "polyval"]
 
@@ -38,7 +39,7 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     compute) and no change reads as 0, never NaN.
     """
     if current.shape != previous.shape:
-        raise ValueError(f"relative_l1 needs equal shapes, got {tuple(current.shape)} and {tuple(previous.shape)}")
+        raise SenCacheError(f"relative_l1 needs equal shapes, got {tuple(current.shape)} and {tuple(previous.shape)}")
     a = current.detach().reshape(current.shape[0], -1).float()
     b = previous.detach().reshape(previous.shape[0], -1).float()
     num = (a - b).abs().mean(dim=1)
@@ -63,15 +64,16 @@ def fit_rescale_polynomial(input_changes, output_changes, order: int = 1) -> tup
     straight into ``TeaCacheConfig(coefficients=...)``.
     """
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1 (1 or 4 in the paper), got {order!r}")
+        raise SenCacheError(f"order must be an integer >= 1 (1 or 4 in the paper), got {order!r}")
     x = _as_float_array(input_changes)
     y = _as_float_array(output_changes)
     if x.shape != y.shape:
-        raise ValueError(f"input_changes and output_changes must pair up, got {x.size} and {y.size} values")
+        raise SenCacheError(f"input_changes and output_changes must pair up, got {x.size} and {y.size} values")
     if x.size < order + 1:
-        raise ValueError(f"an order-{order} fit needs at least {order + 1} points, got {x.size}: record more steps or prompts")
+        raise SenCacheError(f"an order-{order} fit needs at least {order + 1} points, got {x.size}: "
+                            "record more steps or prompts")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("input_changes/output_changes contain NaN or inf: drop those steps before fitting")
+        raise SenCacheError("input_changes/output_changes contain NaN or inf: drop those steps before fitting")
     return tuple(float(c) for c in np.polyfit(x, y, order))
 
 
@@ -106,17 +108,20 @@ class TeaCacheConfig:
     def __post_init__(self) -> None:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"TeaCacheConfig.threshold must be a finite number >= 0, got {self.threshold!r}")
+            raise SenCacheError(f"TeaCacheConfig.threshold must be a finite number >= 0, got {self.threshold!r}")
         try:
             coeffs = tuple(float(c) for c in _as_float_array(self.coefficients))
         except (TypeError, ValueError):
-            raise ValueError("TeaCacheConfig.coefficients must be numbers, highest power first (numpy.polyval order)") from None
+            raise SenCacheError(
+                "TeaCacheConfig.coefficients must be numbers, highest power first (numpy.polyval order)"
+            ) from None
         if not coeffs or not all(math.isfinite(c) for c in coeffs):
-            raise ValueError("TeaCacheConfig.coefficients must be a non-empty list of finite numbers, highest power first")
+            raise SenCacheError("TeaCacheConfig.coefficients must be a non-empty list of finite numbers, "
+                                "highest power first")
         object.__setattr__(self, "coefficients", coeffs)
         f = self.final_steps
         if isinstance(f, bool) or not isinstance(f, numbers.Real) or not math.isfinite(f) or int(f) != f or f < 0:
-            raise ValueError(f"TeaCacheConfig.final_steps must be an integer >= 0, got {f!r}")
+            raise SenCacheError(f"TeaCacheConfig.final_steps must be an integer >= 0, got {f!r}")
         object.__setattr__(self, "final_steps", int(f))
 
 
@@ -148,13 +153,13 @@ class TeaCacheRule:
 
     def __init__(self, config: TeaCacheConfig | None = None) -> None:
         if config is not None and not isinstance(config, TeaCacheConfig):
-            raise ValueError("TeaCacheRule takes a TeaCacheConfig: TeaCacheRule(TeaCacheConfig(threshold=...))")
+            raise SenCacheError("TeaCacheRule takes a TeaCacheConfig: TeaCacheRule(TeaCacheConfig(threshold=...))")
         self.config = config or TeaCacheConfig()
 
     def new_state(self, batch_size: int) -> TeaCacheState:
         """Fresh state for ``batch_size`` samples."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise SenCacheError(f"batch_size must be >= 1, got {batch_size}")
         return TeaCacheState(
             accumulated=torch.zeros(batch_size, dtype=torch.float64),
             cached=torch.zeros(batch_size, dtype=torch.bool),
@@ -176,11 +181,13 @@ class TeaCacheRule:
         if sig.shape[0] == 1 and B > 1:
             sig = sig.expand(B, *sig.shape[1:])  # one conditioning shared by the batch
         if sig.shape[0] != B:
-            raise ValueError(f"{source} has batch {sig.shape[0]}, expected {B} (or 1): pass one row per sample")
+            raise SenCacheError(f"{source} has batch {sig.shape[0]}, expected {B} (or 1): pass one row per sample")
         if state.source is not None and source != state.source:
-            raise ValueError(f"the signal switched from {state.source} to {source} mid-generation: pass modulation at every step or never")
+            raise SenCacheError(f"the signal switched from {state.source} to {source} mid-generation: "
+                                "pass modulation at every step or never")
         if state.previous is not None and state.previous.shape != sig.shape:
-            raise ValueError(f"{source} shape changed from {tuple(state.previous.shape)} to {tuple(sig.shape)} mid-generation")
+            raise SenCacheError(f"{source} shape changed from {tuple(state.previous.shape)} to {tuple(sig.shape)} "
+                                "mid-generation")
 
         device = inp.latent.device
         if state.accumulated.device != device:
