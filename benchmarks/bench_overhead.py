@@ -16,7 +16,8 @@ cache contexts, in two ways:
    ``fn_ref.original_forward`` (the model's own work). What is left is the hook code: diffusers' hook
    dispatch, argument binding, the latent finiteness check, ``rule.decide`` (norms, profile lookup),
    the residual subtraction and store, the trace. Per-component timers (instance wrappers on this
-   session's own rule and session object, nothing patched globally) split it up. The timers' own cost,
+   session's own rule and call protocol; the residual store's ``put`` wrapped on its class during the timed
+   replays and restored after) split it up. The timers' own cost,
    measured on an empty module and a no-op function, is subtracted.
 
 The direct overhead is hook time / the rest of the same calls, both from the same timed replays (so the load
@@ -35,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import torch  # noqa: E402
+
+from sencache.adapter.hooks import BLOCK_HOOK, MODEL_HOOK  # noqa: E402
+from sencache.adapter.residual_store import ResidualStore  # noqa: E402
 
 NAME = "overhead"
 TARGET = 0.005  # 0.5 % of one uncached forward
@@ -92,8 +96,6 @@ class HookTimer:
     """Times the hook code of one live CacheSession (see the module docstring). Undo with :meth:`remove`."""
 
     def __init__(self, session):
-        from sencache.adapter.hooks import BLOCK_HOOK, MODEL_HOOK
-
         self.session = session
         transformer = session.transformer
         self.total, self.inner = _Acc(), _Acc()
@@ -110,10 +112,10 @@ class HookTimer:
             self._windows.append(_Window(module, self.total))
         # components: instance attributes on this session's own objects shadow their methods
         self._wrap(session.rule, "decide", "rule_decide")
-        self._wrap(session, "_decide", "adapter_decide")
-        self._wrap(session, "_begin_call", "begin_call")
-        self._wrap(session, "_end_call", "end_call_trace")
-        self._wrap(session, "_store_residual", "store_residual")
+        self._wrap(session.calls, "_decide", "adapter_decide")
+        self._wrap(session.calls, "begin_call", "begin_call")
+        self._wrap(session.calls, "end_call", "end_call_trace")
+        self._wrap_class(ResidualStore, "put", "store_residual")  # a new store per generation: wrap its class
 
     def _wrap(self, obj, attr: str, key: str):
         if not callable(getattr(obj, attr, None)):  # the adapter changed: that part stays in the remainder
@@ -121,6 +123,14 @@ class HookTimer:
             return
         setattr(obj, attr, _timed(getattr(obj, attr), self.components[key]))
         self._undo.append(lambda o=obj, a=attr: delattr(o, a))
+
+    def _wrap_class(self, cls, attr: str, key: str):
+        original = getattr(cls, attr, None)
+        if not callable(original):
+            self.missing.append(f"{cls.__name__}.{attr}")
+            return
+        setattr(cls, attr, _timed(original, self.components[key]))
+        self._undo.append(lambda c=cls, a=attr, o=original: setattr(c, a, o))
 
     def reset(self):
         for acc in (self.total, self.inner, *self.components.values()):
@@ -139,7 +149,7 @@ class HookTimer:
         timers = self.total.count * window_floor + (
             self.inner.count + sum(a.count for a in self.components.values())) * wrapper_cost
         comp = {k: a.seconds / calls for k, a in self.components.items()}
-        # nested parts: _begin_call runs _decide, which runs rule.decide; _end_call stores the residuals
+        # nested parts: begin_call runs _decide, which runs rule.decide; end_call stores the residuals
         comp["begin_call"] -= comp["adapter_decide"]
         comp["adapter_decide"] -= comp["rule_decide"]
         comp["end_call_trace"] -= comp["store_residual"]

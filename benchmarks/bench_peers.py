@@ -8,7 +8,7 @@ MagCache, TeaCache (ours, calibrated here on held-out calibration prompts unless
 cache-dit's DBCache (when ``cache_dit`` imports; ``run_all.sh`` installs ``cache-dit==1.5.3`` into the venv
 for this benchmark only, and the output says why when it is missing or fails). Every method runs at its
 registry default setting (``--sweep`` for each method's threshold sweep). NFE is counted by
-:class:`sencache.harness.counter.StepCounter` (independent of every cache), PSNR/SSIM/LPIPS are against the
+:class:`sencache.methods.counter.StepCounter` (independent of every cache), PSNR/SSIM/LPIPS are against the
 uncached frames of the same prompt and seed, wall time is the pipeline call. ``--repeats N`` runs the whole
 comparison N times and reports the median wall time (fidelity and NFE are deterministic and must agree).
 An uncached re-run is in the table as the timing noise floor.
@@ -34,9 +34,9 @@ INSTALL_LOG = common.RESULTS_DIR / "cache_dit_install.log"
 def cache_dit_status() -> dict:
     """Whether cache-dit imports here, its version, and why not."""
     try:
-        from sencache.harness.methods import _import_cache_dit
+        from sencache.methods.optional import import_cache_dit
 
-        mod = _import_cache_dit()
+        mod = import_cache_dit()
         return {"available": True, "version": getattr(mod, "__version__", None), "reason": None}
     except Exception as exc:  # ImportError, or anything its import raises
         reason = f"cannot import cache_dit: {type(exc).__name__}: {exc}"
@@ -51,7 +51,7 @@ def cache_dit_status() -> dict:
 def preflight(pipe, method: str, ctx, steps: int) -> str | None:
     """Run ``method`` once for 2 steps; return why it fails on this machine, or None."""
     from sencache.adapter.hooks import quiet_sencache
-    from sencache.harness.methods import get_method
+    from sencache.methods import get_method
     from sencache.runtime.generation import generate
 
     try:
@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
 
     from sencache.demo_model.prompts import default_evaluation_prompts
     from sencache.harness.compare import compare
-    from sencache.harness.methods import MethodContext, get_method
+    from sencache.methods import MethodContext, get_method
 
     for m in args.methods:
         get_method(m)

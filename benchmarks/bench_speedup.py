@@ -103,7 +103,7 @@ def make_configs(profile, steps: int, eps_values, fractions, notes: list) -> lis
     from sencache import SenCacheConfig
     from sencache.core.budget import with_target
     from sencache.errors import SenCacheError
-    from sencache.harness.methods import SENCACHE_FINAL_STEPS, SENCACHE_MAX_REUSE
+    from sencache.methods.ours import SENCACHE_FINAL_STEPS, SENCACHE_MAX_REUSE
 
     kw = dict(max_reuse=SENCACHE_MAX_REUSE, final_steps=SENCACHE_FINAL_STEPS)
     out = []

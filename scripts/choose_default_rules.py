@@ -23,7 +23,7 @@ from sencache.core.default_rule import (
     score,
 )
 from sencache.harness.equal_nfe import at_nfe
-from sencache.harness.tails import with_tails
+from sencache.statistics.tails import with_tails
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"

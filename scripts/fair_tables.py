@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sencache.harness.compare import write_outputs
 from sencache.harness.equal_nfe import equal_nfe, equal_nfe_table
-from sencache.harness.report import plot_pareto_systems
+from sencache.report.plots import plot_pareto_systems
 
 RUNS = {"wan": "compare_nfe", "wan_fresh": "compare_fresh", "cogvideox": "compare_cogvideox", "ltx": "compare_ltx",
         "draw_wan": "compare_draw_wan", "draw_cogvideox": "compare_draw_cogvideox", "draw_ltx": "compare_draw_ltx"}

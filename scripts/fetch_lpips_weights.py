@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 try:
-    from sencache.harness.metrics import fetch_lpips_weights, lpips_weights_path
+    from sencache.harness.lpips_weights import fetch_lpips_weights, lpips_weights_path
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from sencache.harness.metrics import fetch_lpips_weights, lpips_weights_path
+    from sencache.harness.lpips_weights import fetch_lpips_weights, lpips_weights_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sencache.harness.tails import with_tails
+from sencache.statistics.tails import with_tails
 
 root = Path(__file__).resolve().parents[1] / "runs"
 MEANS = ("nfe", "nfe_fraction", "wall_s", "speedup", "psnr", "ssim", "lpips")

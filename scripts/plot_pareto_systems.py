@@ -11,7 +11,7 @@ import argparse
 import json
 
 from sencache.errors import SenCacheError
-from sencache.harness.report import plot_pareto_systems
+from sencache.report.plots import plot_pareto_systems
 
 
 def main(argv=None) -> None:

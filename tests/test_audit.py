@@ -18,6 +18,7 @@ from sencache.demo_model.build import pipeline_size_kwargs
 from sencache.harness import audit as aud
 from sencache.harness.ablations import ablations
 from sencache.runtime.generation import generate
+from sencache.statistics import ranks
 
 SIZE = pipeline_size_kwargs(5, 16, 16)
 STEPS = 10
@@ -44,14 +45,14 @@ def baselines(pipe):
 
 # --- statistics -------------------------------------------------------------------------------
 def test_rank_and_correlation_helpers_by_hand():
-    assert aud.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
-    assert aud.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert aud.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert ranks.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert ranks.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert ranks.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     # x = 1..4, y = 1, 3, 2, 4: cov = 4/4·... r = 0.8 exactly
-    assert aud.pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert aud.spearman([1, 10, 100, 1000], [1, 2, 3, 4]) == pytest.approx(1.0)  # monotone, not linear
-    assert aud.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert math.isnan(aud.pearson([1, 1, 1], [1, 2, 3])) and math.isnan(aud.spearman([1], [2]))
+    assert ranks.pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert ranks.spearman([1, 10, 100, 1000], [1, 2, 3, 4]) == pytest.approx(1.0)  # monotone, not linear
+    assert ranks.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert math.isnan(ranks.pearson([1, 1, 1], [1, 2, 3])) and math.isnan(ranks.spearman([1], [2]))
 
 
 def test_correlation_helpers_match_scipy():
@@ -60,9 +61,9 @@ def test_correlation_helpers_match_scipy():
     x = rng.random(50)
     y = x ** 2 + 0.3 * rng.random(50)
     y[::7] = y[0]  # ties
-    assert aud.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], rel=1e-12)
-    assert aud.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], rel=1e-12)
-    assert np.array_equal(aud.rankdata(y), stats.rankdata(y))
+    assert ranks.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], rel=1e-12)
+    assert ranks.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], rel=1e-12)
+    assert np.array_equal(ranks.rankdata(y), stats.rankdata(y))
 
 
 def test_correlations_pool_the_decider_branch_and_rank_within_steps():
@@ -78,7 +79,7 @@ def test_correlations_pool_the_decider_branch_and_rank_within_steps():
     assert s["within_step_spearman"] == pytest.approx(0.8) and s["within_step_steps"] == 2
     x = [r["score"] for r in recs if r["branch"] == "cond"]
     y = [r["actual"] for r in recs if r["branch"] == "cond"]
-    assert s["spearman"] == pytest.approx(aud.spearman(x, y)) and s["pearson"] == pytest.approx(aud.pearson(x, y))
+    assert s["spearman"] == pytest.approx(ranks.spearman(x, y)) and s["pearson"] == pytest.approx(ranks.pearson(x, y))
 
 
 # --- the measurement --------------------------------------------------------------------------

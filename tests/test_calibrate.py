@@ -19,8 +19,8 @@ from sencache.calibration.secants import (
     measure_trajectory,
     smooth_121,
 )
+from sencache.calibration.targets.wan import WanTarget
 from sencache.calibration.videos import load_video
-from sencache.calibration.wan_target import WanTarget
 from sencache.cli import main
 from sencache.core.profile import SensitivityProfile, model_config_hash
 from sencache.demo_model.build import TEXT_LEN, build_pipeline, build_scheduler, pipeline_size_kwargs

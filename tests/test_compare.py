@@ -13,8 +13,8 @@ from sencache.demo_model.data import FRAMES
 from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
 from sencache.errors import SenCacheError
 from sencache.harness.compare import compare, make_jobs, merge_records, plan_variants, shard_jobs
-from sencache.harness.methods import MethodContext
 from sencache.harness.metrics import PSNR_CAP_DB as PSNR_CAP
+from sencache.methods import MethodContext
 
 STEPS = 6
 SETTING_KEYS = {"key", "value", "primary", "setting", "nfe", "nfe_fraction", "wall_s", "speedup", "psnr",
@@ -162,9 +162,9 @@ def test_compare_refuses_calibration_prompts(pipe, baselines):
 
 
 def test_compare_records_a_skipped_dbcache(pipe, monkeypatch):
-    import sencache.harness.methods as methods
+    import sencache.methods.base as methods_base
 
-    monkeypatch.setattr(methods, "cache_dit_available", lambda: False)
+    monkeypatch.setattr(methods_base, "cache_dit_available", lambda: False)
     results = compare(pipe, ["a blue circle standing still on a plain background"], [0], ["fixed", "dbcache"],
                       num_inference_steps=4, progress=False, use_lpips=False, warmup=False)
     assert results["methods"]["dbcache"] == {**results["methods"]["dbcache"], "available": False,
@@ -172,9 +172,9 @@ def test_compare_records_a_skipped_dbcache(pipe, monkeypatch):
 
 
 def test_compare_records_seacache_as_skipped_where_it_has_no_adapter(pipe, monkeypatch):
-    import sencache.harness.methods as methods
+    import sencache.methods.diffusers_caches as diffusers_caches
 
-    monkeypatch.setattr(methods, "seacache_has_adapter", lambda pipe: False)
+    monkeypatch.setattr(diffusers_caches, "seacache_has_adapter", lambda pipe: False)
     results = compare(pipe, ["a blue circle standing still on a plain background"], [0],
                       ["fixed", "diffusers-seacache"],
                       num_inference_steps=4, progress=False, use_lpips=False, warmup=False)
@@ -189,7 +189,7 @@ def test_compare_records_seacache_as_skipped_where_it_has_no_adapter(pipe, monke
 
 
 def test_pareto_curves_leave_out_the_reference_unavailable_methods_and_capped_runs(tmp_path):
-    from sencache.harness.report import pareto_curves, plot_pareto_systems
+    from sencache.report.plots import pareto_curves, plot_pareto_systems
 
     def setting(nfe, psnr, capped=False):
         return {"nfe": nfe, "psnr": psnr, "psnr_capped": capped, "lpips": None}
@@ -232,7 +232,7 @@ def test_tune_threshold_finds_the_setting_for_a_target_nfe(pipe, baselines):
 def test_report_writes_video_gif_plots_and_page(run, baselines):
     import imageio.v2 as imageio
 
-    from sencache.harness.report import write_report
+    from sencache.report.page import write_report
 
     results, out = run
     files = write_report(out)  # reads results.json and frames.npz back

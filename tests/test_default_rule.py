@@ -29,8 +29,8 @@ from sencache.core.trajectories import trajectory_metadata
 from sencache.harness.compare import plan_variants
 from sencache.harness.demo import setting_key
 from sencache.harness.equal_nfe import equal_nfe, equal_nfe_table
-from sencache.harness.methods import MethodContext, ours_config
 from sencache.harness.tuning import rules_needed, tune_values
+from sencache.methods import MethodContext, ours_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

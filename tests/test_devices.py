@@ -15,7 +15,7 @@ from sencache.adapter.observers import CallbackObserver
 from sencache.calibration.baselines import calibrate_baselines
 from sencache.cli import build_parser, main
 from sencache.core.rules import FixedConfig, MagCacheConfig, TeaCacheConfig
-from sencache.harness.methods import METHODS
+from sencache.methods import METHODS
 from sencache.runtime import distributed as dist
 
 

@@ -2,9 +2,10 @@
 
 Layers, dependencies pointing down only:
 
-    errors, version  <-  core  <-  adapter, runtime  <-  calibration, harness  <-  cli
-    (adapter and runtime do not know each other, nor do calibration and harness: the harness reads calibrated
-    baselines through the methods' context, never by importing calibration)
+    errors, version, toolbox  <-  core, statistics  <-  adapter, runtime  <-  calibration, methods  <-  report
+    <-  harness  <-  cli
+    (adapter and runtime do not know each other, nor do calibration and methods, nor calibration and harness: the
+    harness reads calibrated baselines through the methods' context, never by importing calibration)
     demo_model: a leaf that only the CLI (and tests, scripts, benchmarks) import
 
 plus: no import cycle, no function-local import of the package's own modules, no cross-module import of an
@@ -15,6 +16,7 @@ adapter touching a CacheSession's private state.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +28,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sencache"
 # layer of each top-level part of the package; a module may import only its own layer or lower ones
 LAYERS = {
     "errors": 0, "version": 0, "toolbox": 0,
-    "core": 1, "budget": 1,  # sencache.budget: the public name of core.budget
+    "core": 1, "budget": 1, "statistics": 1,  # sencache.budget: the public name of core.budget
     "adapter": 2, "runtime": 2,
-    "calibration": 3, "harness": 3,
-    "cli": 4,
+    "calibration": 3, "methods": 3,
+    "report": 4,
+    "harness": 5,
+    "cli": 6,
 }
 # same layer, must not know each other
 SIBLINGS_APART = {("adapter", "runtime"), ("runtime", "adapter"), ("calibration", "harness"),
-                  ("harness", "calibration")}
+                  ("harness", "calibration"), ("calibration", "methods"), ("methods", "calibration")}
 CORE_FORBIDDEN = ("diffusers", "transformers", "torch.distributed", "accelerate")
 
 
@@ -187,22 +191,29 @@ def test_core_never_imports_frameworks_or_upper_layers():
     assert not bad, "\n".join(bad)
 
 
+SESSION_PARTS = ("session", "call_protocol", "residual_store", "step_clock", "trace_recorder", "rank_guard")
+
+
 def session_private_names() -> set[str]:
-    """Attributes and methods of CacheSession whose names start with '_' (read from its source)."""
-    tree = ast.parse((PACKAGE / "adapter" / "session.py").read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CacheSession")
-    names = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
-    names |= {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute)
-              and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    """Attributes and methods whose names start with '_' of the classes a CacheSession is made of (read from their
+    source: the session, its call protocol, residual store, step clock, trace recorder and rank guard)."""
+    names = set()
+    for part in SESSION_PARTS:
+        tree = ast.parse((PACKAGE / "adapter" / f"{part}.py").read_text(encoding="utf-8"))
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            names |= {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+            names |= {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute)
+                      and isinstance(n.value, ast.Name) and n.value.id == "self"}
     return {n for n in names if n.startswith("_") and not n.startswith("__")}
 
 
-def test_nothing_outside_the_adapter_reads_session_internals():
+def test_nothing_outside_the_session_reads_its_internals():
+    """Code outside the adapter, and the hooks inside it, use the session's and the call protocol's public names."""
     private = session_private_names()
-    assert {"_gen", "_call", "_decide"} <= private  # the check below must be looking at the real names
+    assert {"_remove", "_decide", "_generation_for", "_shift_history"} <= private  # the real names are looked at
     bad = []
     for module, path in MODULES.items():
-        if part_of(module) == "adapter":
+        if part_of(module) == "adapter" and module != "sencache.adapter.hooks":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in private:
@@ -246,3 +257,80 @@ def test_layering_checks_catch_violations(tmp_path):
     assert sorted(map(sorted, import_cycles(planted))) == [["sencache.adapter.hooks", "sencache.core.rule"],
                                                            ["sencache.runtime.a", "sencache.runtime.b"]]
     assert upward_dependencies() == [] and local_imports() == [] and import_cycles() == []
+
+
+def documented_layers(text: str) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """The layer table and the pairs kept apart, as docs/layout.md's "Layers" list states them."""
+    layers, apart = {}, set()
+    for line in text.splitlines():
+        match = re.fullmatch(r"- layer (\d+): (.+)", line.strip())
+        if match:
+            layers.update({name.strip(): int(match.group(1)) for name in match.group(2).split(",")})
+        elif line.strip().startswith("- apart: "):
+            for pair in line.strip().removeprefix("- apart: ").split(";"):
+                a, b = (name.strip() for name in pair.split(" and "))
+                apart |= {(a, b), (b, a)}
+    return layers, apart
+
+
+def test_the_layout_doc_states_the_layers_the_code_keeps():
+    layers, apart = documented_layers((PACKAGE.parents[1] / "docs" / "layout.md").read_text(encoding="utf-8"))
+    assert layers == LAYERS
+    assert apart == SIBLINGS_APART
+    tops = {part_of(m) for m in MODULES} - {"face", "demo_model"}
+    assert tops <= set(LAYERS), f"parts of the package on no layer: {sorted(tops - set(LAYERS))}"
+
+
+def test_the_layout_doc_parser_sees_a_changed_layer():
+    text = "- layer 0: errors\n- layer 1: core, statistics\n- apart: adapter and runtime\n"
+    assert documented_layers(text) == ({"errors": 0, "core": 1, "statistics": 1},
+                                       {("adapter", "runtime"), ("runtime", "adapter")})
+    assert documented_layers(text.replace("layer 1", "layer 2"))[0]["core"] == 2
+
+
+MAX_CLASS_LINES, MAX_FUNCTION_LINES = 150, 50
+
+
+def oversized(paths) -> list[str]:
+    """Classes over MAX_CLASS_LINES and functions over MAX_FUNCTION_LINES lines (docstrings included)."""
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.ClassDef) and lines > MAX_CLASS_LINES:
+                out.append(f"{path.name}: class {node.name} has {lines} lines")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and lines > MAX_FUNCTION_LINES:
+                out.append(f"{path.name}: {node.name}() has {lines} lines")
+    return out
+
+
+def test_adapter_and_core_keep_classes_and_functions_short():
+    paths = [p for m, p in MODULES.items() if part_of(m) in ("adapter", "core")]
+    assert len(paths) > 20
+    assert not oversized(paths), "\n".join(oversized(paths))
+
+
+def test_the_size_check_sees_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    path = tmp_path / "long.py"
+    path.write_text(f"def long():\n{body}\n")
+    assert oversized([path]) == [f"long.py: long() has {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def name_ladders(paths) -> list[str]:
+    """``if name == "..."`` / ``name in (...)`` tests on a method name: what one object per method replaces."""
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "name" and any(
+                    isinstance(c, (ast.Constant, ast.Tuple, ast.Set, ast.List)) for c in node.comparators):
+                out.append(f"{path.name}:{node.lineno}")
+    return out
+
+
+def test_methods_are_objects_not_name_ladders(tmp_path):
+    paths = [p for m, p in MODULES.items() if part_of(m) == "methods"]
+    assert len(paths) >= 5 and not name_ladders(paths), name_ladders(paths)
+    planted = tmp_path / "ladder.py"
+    planted.write_text('def config(name):\n    if name == "magcache":\n        return 1\n')
+    assert name_ladders([planted]) == ["ladder.py:2"]

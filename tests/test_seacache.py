@@ -23,7 +23,7 @@ from sencache.adapter import hooks
 from sencache.adapter.grid import latent_grid, token_grid
 from sencache.core.rules import SeaCacheConfig
 from sencache.core.rules.sea_filter import flow_sigma, sea_filter
-from sencache.harness.methods import MethodContext, get_method
+from sencache.methods import MethodContext, get_method
 
 PROMPT = "a red circle moving left"
 

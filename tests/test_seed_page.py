@@ -6,7 +6,7 @@ import pytest
 
 from sencache.demo_model import data
 from sencache.demo_model.difference import difference_caption, most_different_object
-from sencache.harness.heatmap import colour_scale, heat_map
+from sencache.report.heatmap import colour_scale, heat_map
 
 CAPTION = "a large red square standing still and a large blue circle moving right on a plain background"
 

@@ -7,8 +7,8 @@ import torch
 
 from sencache.harness.compare import where_it_ran
 from sencache.harness.equal_nfe import equal_nfe, equal_nfe_table
-from sencache.harness.report import markdown_table
-from sencache.harness.tails import tail_fields, with_tails
+from sencache.report.tables import markdown_table
+from sencache.statistics.tails import tail_fields, with_tails
 
 
 def _pairs(psnrs, schedules):

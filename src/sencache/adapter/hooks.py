@@ -75,7 +75,7 @@ class SenCacheModelHook(ModelHook):
         """Note branch, step, latent and timestep; run the transformer; record the call (a new generation
         or an error resets the state).
         """
-        s = self.session
+        calls = self.session.calls
         latent = self.arguments.get("hidden_states", args, kwargs)
         timestep = self.arguments.get("timestep", args, kwargs)
         if not isinstance(latent, torch.Tensor) or not isinstance(timestep, torch.Tensor):
@@ -85,21 +85,18 @@ class SenCacheModelHook(ModelHook):
         timestep = step_timesteps(timestep, latent.shape[0])
         context = self.context_state._context
         branch = context.name if context is not None else "default"
-        step, num_steps = s._resolve_step(context, timestep, branch)
+        step, num_steps = calls.resolve_step(context, timestep, branch)
         grid = None
-        if s.reads_grid:
+        if self.session.reads_grid:
             grid = latent_grid(module, latent, lambda name: self.arguments.get(name, args, kwargs))
-        s._begin_call(branch, step, num_steps, latent, timestep, self.expert, grid=grid,
-                      context_sigma=getattr(context, "sigma", None))
+        calls.begin_call(branch, step, num_steps, latent, timestep, self.expert, grid=grid,
+                         context_sigma=getattr(context, "sigma", None))
         try:
             output = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
-            s._poisoned = True  # the next call starts a fresh generation with no stale residuals
-            s._call = None
-            s.plan.active = False
-            s.plan.clear()
+            calls.abort_call()  # the next call starts a fresh generation with no stale residuals
             raise
-        s._end_call(module, args, kwargs, output)
+        calls.end_call(module, args, kwargs, output)
         return output
 
     def reset_state(self, module):
@@ -154,7 +151,7 @@ class SenCacheBlockHook(ModelHook):
             if plan.decide_at_head or plan.keep_modulation:
                 plan.modulation = read("temb", args, kwargs)
             if plan.decide_at_head:
-                self.session.decide_at_head(plan.modulation)
+                self.session.calls.decide_at_head(plan.modulation)
             plan.head_hidden = read(layout.hidden_arg, args, kwargs)
             plan.head_encoder = read("encoder_hidden_states", args, kwargs) if layout.encoder_index is not None \
                 else None
@@ -232,7 +229,7 @@ class SenCacheAttentionHook(ModelHook):
         """Decide on the tokens about to enter attention; abandon the block when no row runs the stack."""
         plan = self.session.plan
         if plan.active and plan.mode == "pending":
-            self.session.decide_in_attention(self.arguments.get("hidden_states", args, kwargs))
+            self.session.calls.decide_in_attention(self.arguments.get("hidden_states", args, kwargs))
             if plan.mode == "skip":
                 raise StackSkipped
         return self.fn_ref.original_forward(*args, **kwargs)
@@ -277,9 +274,6 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
         sync_group: ``"auto"``, ``True``, ``None``/``False`` or a ProcessGroup (see above).
         offload_residuals: keep cached residuals in host memory.
         observers: objects with ``on_call(event)``.
-
-    Returns:
-        The :class:`~sencache.adapter.session.CacheSession`.
     """
     experts = denoisers(target)
     transformer = experts["transformer"]
@@ -296,20 +290,26 @@ def enable(target, config, *, num_inference_steps: int | None = None, sync_group
                            remove=lambda: _disable_if_current(target, session))
     disable(target)
     for name, module in experts.items():
-        registry = HookRegistry.check_if_exists_or_initialize(module)
-        registry.register_hook(SenCacheModelHook(session, name), MODEL_HOOK)
-        stack = session.stacks[name]
-        count = len(stack.blocks)
-        for index, (block, layout) in enumerate(zip(stack.blocks, stack.layouts)):
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(
-                SenCacheBlockHook(session, layout, index, count), BLOCK_HOOK
-            )
-            place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
-        if session.plan.decide_in_attention:
-            HookRegistry.check_if_exists_or_initialize(first_attention(stack.blocks[0])).register_hook(
-                SenCacheAttentionHook(session), ATTENTION_HOOK)
-        registry.invalidate_child_registries_cache()
+        _install(session, name, module)
     return session
+
+
+def _install(session: CacheSession, name: str, module) -> None:
+    """The model hook on one denoising transformer, a block hook on each block of its stack, and for rules that
+    decide on the modulated input the attention hook on its first block's first attention layer."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    registry.register_hook(SenCacheModelHook(session, name), MODEL_HOOK)
+    stack = session.stacks[name]
+    count = len(stack.blocks)
+    for index, (block, layout) in enumerate(zip(stack.blocks, stack.layouts)):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(
+            SenCacheBlockHook(session, layout, index, count), BLOCK_HOOK
+        )
+        place_inside_parallel_hooks(block, BLOCK_HOOK)  # CP split/gather stay outside the cache
+    if session.plan.decide_in_attention:
+        HookRegistry.check_if_exists_or_initialize(first_attention(stack.blocks[0])).register_hook(
+            SenCacheAttentionHook(session), ATTENTION_HOOK)
+    registry.invalidate_child_registries_cache()
 
 
 def disable(target) -> None:

@@ -83,6 +83,7 @@ class BlockStack:
 
     @property
     def name(self) -> str:
+        """The stack's name: its list attributes joined by "+" (e.g. "transformer_blocks+single_transformer_blocks")."""
         return "+".join(self.names)
 
     @property

@@ -80,6 +80,7 @@ class Baselines:
 
     # --- use ----------------------------------------------------------------------------------
     def teacache(self, order: int = 1) -> tuple[float, ...]:
+        """The TeaCache rescaling polynomial of ``order`` (coefficients, highest first); raises if it was not fitted."""
         coeffs = self.teacache_coefficients.get(str(order))
         if coeffs is None:
             have = ", ".join(sorted(self.teacache_coefficients)) or "none"
@@ -87,6 +88,8 @@ class Baselines:
         return tuple(coeffs)
 
     def check_model(self, transformer: torch.nn.Module) -> None:
+        """Raise :class:`SenCacheError` if these baselines were calibrated for another class or config than
+        ``transformer``'s."""
         want_cls, want_hash = self.metadata.get("model_class"), self.metadata.get("config_hash")
         if want_cls and want_cls != model_class_name(transformer):
             raise SenCacheError(
@@ -101,6 +104,7 @@ class Baselines:
 
     # --- io -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The tables as plain JSON, tagged with the file format."""
         return {
             "format": FORMAT,
             "magcache_ratios": self.magcache_ratios,
@@ -119,6 +123,7 @@ class Baselines:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Baselines":
+        """Baselines from :meth:`to_dict`'s JSON; raises :class:`SenCacheError` on another format or malformed data."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SenCacheError(f"not a sencache baselines file (expected format '{FORMAT}'); delete it to recalibrate")
         try:
@@ -140,10 +145,12 @@ class Baselines:
             raise SenCacheError(f"baselines file is malformed ({exc!r}); delete it to recalibrate") from None
 
     def save(self, path) -> Path:
+        """Write the tables as JSON to ``path`` (atomically); returns the path written."""
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> "Baselines":
+        """Read the baselines :meth:`save` wrote; raises :class:`SenCacheError` if the file is unreadable or invalid."""
         path = Path(path)
         try:
             text = path.read_text()
@@ -212,6 +219,7 @@ def _cond_branch(rec: Recording) -> str:
 
 
 def magcache_table(norms: Sequence[torch.Tensor]) -> list[float]:
+    """MagCache's ratio table (one float per step, entry 0 = 1.0) from one run's per-step residual token norms."""
     return [float(r) for r in ratios_from_residual_norms(norms)]
 
 

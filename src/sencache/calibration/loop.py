@@ -54,16 +54,20 @@ class ReuseOneStep:
         self.step = int(step)
 
     def build_rule(self) -> "ReuseOneStep":
+        """The rule itself (it is its own config)."""
         return self
 
     def new_state(self, batch_size: int) -> int:
+        """The state is just the batch size."""
         return batch_size
 
     def decide(self, state: int, inp: StepInput) -> Decision:
+        """Reuse for every sample at ``self.step``, refresh at every other step."""
         reuse = torch.full((state,), inp.step == self.step, dtype=torch.bool)
         return Decision(reuse=reuse, score=None, eps=math.nan, reason=["gain"] * state)
 
     def observe_refresh(self, state, inp, rows, residual) -> None:
+        """Nothing to record: the rule keeps no state between steps."""
         return None
 
 

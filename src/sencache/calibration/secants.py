@@ -31,10 +31,12 @@ SMOOTHING = "binomial (1,2,1)/4 over neighbouring grid steps; (2,1)/3 at the end
 # core: secants along trajectories, given a denoiser and a scheduler
 # --------------------------------------------------------------------------------------------
 def rms(x: torch.Tensor) -> float:
+    """Root mean square of the entries of ``x``, in float64."""
     return float(x.detach().double().pow(2).mean().sqrt())
 
 
 def rms_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root mean square of ``a - b``, in float64."""
     return float((a.detach().double() - b.detach().double()).pow(2).mean().sqrt())
 
 
@@ -153,6 +155,7 @@ def _fill_ends(values: dict[int, float], segments: list) -> list[float]:
 
 
 def is_flow_matching(scheduler) -> bool:
+    """True for a flow-matching scheduler (flow sigmas, flow prediction, or a FlowMatch class)."""
     config = getattr(scheduler, "config", {}) or {}
     return bool(
         config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction"

@@ -16,6 +16,7 @@ VIDEO_EXTS = (".mp4", ".gif", ".npy", ".webm", ".mov", ".avi", ".mkv")
 # videos (source b)
 # --------------------------------------------------------------------------------------------
 def list_videos(directory) -> list[Path]:
+    """The video files (by extension, ``VIDEO_EXTS``) directly in ``directory``, sorted; raises if there are none."""
     d = Path(directory)
     if not d.is_dir():
         raise SenCacheError(f"video folder {d} not found; pass --videos DIR holding .mp4, .gif or .npy files")

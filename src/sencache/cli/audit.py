@@ -35,8 +35,7 @@ from sencache.demo_model.prompts import (
 from sencache.errors import SenCacheError
 from sencache.harness.ablations import ablation_table, ablations
 from sencache.harness.audit import audit, baseline_configs, stats_table
-from sencache.harness.metrics import lpips_ready
-from sencache.harness.report import jsonable
+from sencache.harness.lpips_weights import lpips_ready
 from sencache.harness.variants import (
     compare_correction,
     compare_schedules,
@@ -44,11 +43,13 @@ from sencache.harness.variants import (
     variants_table,
 )
 from sencache.runtime.prompts import check_disjoint, read_prompts
+from sencache.toolbox.numbers import jsonable
 
 DEFAULT_METHODS = ("sencache", "magcache", "teacache")
 
 
 def add_cli(subparsers) -> None:
+    """Register ``sencache audit`` and its options on ``subparsers``."""
     p = subparsers.add_parser(
         "audit", help="predicted vs actual caching error per method; the paper's ablations; eps schedules",
         description="Run cached generations and, at every reused step, the real forward too (for measurement only); "

@@ -23,6 +23,7 @@ from sencache.runtime.prompts import read_prompts
 # CLI
 # --------------------------------------------------------------------------------------------
 def add_cli(subparsers) -> None:
+    """Register ``sencache calibrate`` and its options on ``subparsers``."""
     p = subparsers.add_parser(
         "calibrate", help="measure a model's sensitivity profile (J_x, J_t per timestep)",
         description="Measure ||J_x|| and ||J_t|| along the model's own sampling trajectories (or noised videos) "
@@ -58,6 +59,8 @@ def add_cli(subparsers) -> None:
 
 
 def run_cli(args) -> int:
+    """``sencache calibrate``: check the arguments, measure the profile (sharded under torchrun), and on rank 0
+    the closed-loop gain and a budget eps when asked, then write it; returns the exit code."""
     # cheap checks first: no model is loaded for a mistake in the arguments
     check_int("--samples", args.samples, 1)
     check_int("--steps", args.steps, 2)

@@ -28,9 +28,10 @@ from sencache.demo_model.prompts import default_calibration_prompts
 from sencache.errors import SenCacheError
 from sencache.harness.compare import compare
 from sencache.harness.equal_nfe import equal_nfe, equal_nfe_table
-from sencache.harness.methods import METHODS, MethodContext, get_method
-from sencache.harness.report import text_table, write_report
 from sencache.harness.tuning import tune_values
+from sencache.methods import METHODS, MethodContext, get_method
+from sencache.report.page import write_report
+from sencache.report.tables import text_table
 from sencache.runtime import distributed as dist
 from sencache.runtime.prompts import check_disjoint, read_prompts
 
@@ -54,6 +55,7 @@ PARTIAL = "partial"  # OUT/partial/: finished jobs of a run that has not ended
 
 
 def add_cli(subparsers) -> None:
+    """Register ``sencache compare`` and its options on ``subparsers``."""
     p = subparsers.add_parser(
         "compare", help="compare caching methods against the uncached reference (NFE, time, PSNR, SSIM, LPIPS)",
         description="Run every method on every prompt x seed, next to the uncached reference; write results.json, "

@@ -36,14 +36,16 @@ from sencache.demo_model.prompts import (
 from sencache.demo_model.systems import SYSTEMS, title, weights_dir
 from sencache.errors import SenCacheError
 from sencache.harness.demo import SEED_PAGE_METHODS, run_demo
-from sencache.harness.report import load_frames, primary_rows, text_table
-from sencache.harness.seed_page import SystemRun, write_seed_page
+from sencache.report.frames import load_frames
+from sencache.report.seed_page import SystemRun, write_seed_page
+from sencache.report.tables import primary_rows, text_table
 
 DEFAULT_OUT = "sencache_demo"
 NAMES = {"magcache-fast": "MagCache", "sencache": "SenCache"}
 
 
 def add_cli(subparsers) -> None:
+    """Register ``sencache demo`` and its options on ``subparsers``."""
     p = subparsers.add_parser(
         "demo", help="uncached vs MagCache vs SenCache on the demo models of three architectures: the project page",
         description="Runs the uncached demo models and two caches at about the same NFE on held-out prompts, and "

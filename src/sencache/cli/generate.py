@@ -34,8 +34,8 @@ from sencache.core.presets import PRESETS
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.sencache import SenCacheConfig
 from sencache.errors import SenCacheError
-from sencache.harness.methods import MethodContext, get_method
-from sencache.harness.runner import SessionHandle
+from sencache.methods import MethodContext, get_method
+from sencache.methods.ours import SessionHandle
 from sencache.runtime import distributed as dist
 from sencache.runtime.generation import generate
 from sencache.runtime.prompts import read_prompts
@@ -123,7 +123,8 @@ def attach_cache(args, pipe):
     reason = spec.unavailable(ctx, pipe)
     if reason:
         raise SenCacheError(f"{args.cache}: {reason}")
-    return spec.apply(pipe, value, ctx)
+    # our caches report their own NFE (the adapter's trace); the others are counted from outside
+    return spec.apply(pipe, value, ctx, count=spec.family != "ours")
 
 
 def budget_config(profile, target_nfe: float, steps: int) -> SenCacheConfig:
@@ -178,15 +179,15 @@ def run_jobs(args) -> int:
         if args.save_npy:
             paths.append(Path(str(stem) + ".npy"))
             np.save(paths[-1], result.frames)
-        summary = handle.stats()
+        stats = handle.stats()
+        summary = stats["trace"] if "trace" in stats else stats  # ours: the adapter's trace summary
         session = active_session(pipe)
         if session is not None and args.trace:
             session.trace.save(Path(str(stem) + ".trace.json"))
         record = {"index": index, "prompt": prompt, "seed": seed, "cache": args.cache,
                   "nfe": summary["nfe"], "steps": args.steps, "seconds": round(result.seconds, 3),
                   "files": [str(p) for p in paths]}
-        predicted = summary.get("predicted_psnr_per_sample") or (summary.get("trace") or {}).get(
-            "predicted_psnr_per_sample")
+        predicted = summary.get("predicted_psnr_per_sample")
         if predicted:
             record["predicted_psnr"] = predicted[0]
         records.append(record)
@@ -206,6 +207,7 @@ def run_jobs(args) -> int:
 
 
 def add_cli(sub) -> None:
+    """Register ``sencache generate`` and its options on ``sub``."""
     p = sub.add_parser("generate", help="generate clips with the shipped (or any) model, cached or not")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")

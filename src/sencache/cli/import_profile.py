@@ -11,6 +11,7 @@ from sencache.errors import SenCacheError
 
 
 def add_cli(subparsers) -> None:
+    """Register ``sencache import-profile`` and its options on ``subparsers``."""
     known = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in REFERENCE_LATENTS.items())
     p = subparsers.add_parser(
         "import-profile", help="import the paper authors' sensitivity table (.npz) as a profile",
@@ -28,6 +29,7 @@ def add_cli(subparsers) -> None:
 
 
 def run_cli(args) -> int:
+    """``sencache import-profile``: convert the reference table, write the profile and say what was converted."""
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise SenCacheError(f"--out must end in .json (got {out})")

@@ -70,6 +70,7 @@ def _report_word_effect(pipe, args) -> int:
 
 
 def add_cli(sub) -> None:
+    """Register ``sencache judge`` and its options on ``sub``."""
     p = sub.add_parser("judge", help="score how well the demo model follows captions (colour, shape, direction)")
     add_model_arguments(p, profile=False, sizes=False)
     p.add_argument("--prompts", type=int, default=32, help="number of prompts drawn from the data distribution")

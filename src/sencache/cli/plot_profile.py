@@ -87,6 +87,7 @@ def plot_profile(profile: SensitivityProfile, out) -> Path:
 
 
 def add_cli(subparsers) -> None:
+    """Register ``sencache plot-profile`` and its options on ``subparsers``."""
     p = subparsers.add_parser("plot-profile", help="plot a sensitivity profile (PNG)",
                               description="Draw ||J_x|| and ||J_t|| against the timestep, with the spread "
                                           "over samples.")
@@ -96,6 +97,7 @@ def add_cli(subparsers) -> None:
 
 
 def run_cli(args) -> int:
+    """``sencache plot-profile``: draw the profile to a PNG (by default the profile's name with .png)."""
     path = Path(args.profile)
     out = Path(args.out) if args.out else path.with_suffix(".png")
     if out.suffix.lower() != ".png":

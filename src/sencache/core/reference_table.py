@@ -85,6 +85,15 @@ def read_reference_table(path, latent_shape: Sequence[int]) -> ReferenceTable:
     for name, values in (("J_x", jx), ("J_t", jt)):
         if (values[keep] < 0).any():
             raise ProfileError(f"{path}: {name} holds negative values; a norm is >= 0")
+    _check_timesteps(t, path)
+    if not keep.any():
+        raise ProfileError(f"{path}: every timestep failed (no non-zero measurement); nothing to import")
+    return _converted(t, jx, jt, count_jx, count_jt, keep, source, path, latent_shape, numel)
+
+
+def _check_timesteps(t: np.ndarray, path: Path) -> None:
+    """The table's timesteps must be distinct and in the scheduler's 0–1000 units."""
+    steps = t.size
     lo, hi = TIMESTEP_RANGE
     if t.min() < lo or t.max() > hi:
         raise ProfileError(f"{path}: timesteps span {t.min():g}..{t.max():g}, outside the scheduler's {lo:g}–{hi:g} "
@@ -95,9 +104,12 @@ def read_reference_table(path, latent_shape: Sequence[int]) -> ReferenceTable:
                            f"(timesteps x 1000 and J_t / 1000) or calibrate with `sencache calibrate`")
     if np.unique(t).size != steps:
         raise ProfileError(f"{path}: timesteps are not distinct")
+
+
+def _converted(t, jx, jt, count_jx, count_jt, keep, source: str, path: Path, latent_shape,
+               numel: int) -> ReferenceTable:
+    """The kept timesteps in ascending order, J_t in RMS units, and a record of the conversion."""
     dropped = [float(v) for v in t[~keep]]
-    if not keep.any():
-        raise ProfileError(f"{path}: every timestep failed (no non-zero measurement); nothing to import")
     order = np.argsort(t[keep])
     scale = math.sqrt(numel)
     conversion = {
@@ -173,3 +185,20 @@ def _mean_ignoring_zeros(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = ok.sum(axis=0)
     total = np.where(ok, values, 0.0).sum(axis=0)
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0), count.astype(np.float64)
+
+
+def reference_fields(path, latent_shape: Sequence[int], model_class: str, metadata: dict) -> dict:
+    """The keyword arguments of a :class:`~sencache.SensitivityProfile` for the authors' table at ``path``
+    (see :meth:`~sencache.SensitivityProfile.from_reference`)."""
+    if not model_class or not isinstance(model_class, str):
+        raise ProfileError("from_reference needs model_class, the transformer's class name "
+                           "(e.g. 'WanTransformer3DModel'), so the profile is refused on another model")
+    table = read_reference_table(path, latent_shape)
+    spread = {}
+    if table.count_jx is not None:
+        spread["count"] = table.count_jx
+    if table.count_jt is not None and not np.array_equal(table.count_jx, table.count_jt):
+        spread["count_jt"] = table.count_jt
+    meta = {"model_class": model_class, "timestep_unit": "scheduler timesteps, 0-1000 (reference table)",
+            "reference_table": table.conversion, **metadata}
+    return {"timesteps": table.timesteps, "jx": table.jx, "jt": table.jt, "spread": spread, "metadata": meta}

@@ -88,6 +88,7 @@ def build_tokenizer(words: list[str]):
 
 
 def build_text_encoder(vocab_size: int, seed: int = 0, **overrides):
+    """An untrained UMT5 text encoder (``TEXT_ENCODER_CONFIG`` with ``overrides``), seeded with ``seed``."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
@@ -99,6 +100,7 @@ T5_TEXT_ENCODER_CONFIG = {**TEXT_ENCODER_CONFIG, "num_layers": 4, "relative_atte
 
 
 def build_t5_encoder(vocab_size: int, seed: int = 0, **overrides):
+    """An untrained T5 text encoder (``T5_TEXT_ENCODER_CONFIG`` with ``overrides``), seeded with ``seed``."""
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -120,6 +122,7 @@ def assemble_pipeline(pipeline_class, words: list[str], seed: int, vae, text_enc
 
 
 def build_transformer(seed: int = 0, **overrides):
+    """An untrained ``WanTransformer3DModel`` (``TRANSFORMER_CONFIG`` with ``overrides``), seeded with ``seed``."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
@@ -127,6 +130,7 @@ def build_transformer(seed: int = 0, **overrides):
 
 
 def build_vae(seed: int = 0, **overrides):
+    """An untrained ``AutoencoderKLWan`` (``VAE_CONFIG`` with ``overrides``), seeded with ``seed``."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
@@ -134,6 +138,7 @@ def build_vae(seed: int = 0, **overrides):
 
 
 def build_scheduler():
+    """The sampling scheduler: UniPC multistep on flow sigmas, shift 2 (``SCHEDULER_CONFIG``)."""
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(**SCHEDULER_CONFIG)

@@ -57,6 +57,7 @@ SCHEDULER_CONFIG = dict(
 
 
 def build_transformer(seed: int = 0, **overrides):
+    """An untrained ``CogVideoXTransformer3DModel`` (``TRANSFORMER_CONFIG`` with ``overrides``), seeded."""
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
@@ -64,6 +65,7 @@ def build_transformer(seed: int = 0, **overrides):
 
 
 def build_vae(seed: int = 0, **overrides):
+    """An untrained ``AutoencoderKLCogVideoX`` (``VAE_CONFIG`` with ``overrides``), seeded with ``seed``."""
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)
@@ -71,12 +73,14 @@ def build_vae(seed: int = 0, **overrides):
 
 
 def build_scheduler():
+    """CogVideoX-2B's DDIM scheduler (``SCHEDULER_CONFIG``)."""
     from diffusers import CogVideoXDDIMScheduler
 
     return CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
 
 
 def build_pipeline(words: list[str], seed: int = 0, vae=None, text_encoder_overrides=None, **transformer_overrides):
+    """A complete demo CogVideoXPipeline with an untrained transformer and T5 text encoder (and VAE, unless given)."""
     from diffusers import CogVideoXPipeline
 
     return assemble_pipeline(CogVideoXPipeline, words, seed, vae, text_encoder_overrides, transformer_overrides,
@@ -114,10 +118,12 @@ def training_example(pipe, x0: torch.Tensor, captions: list[str],
 
 
 def call_kwargs() -> dict:
+    """The clip size and text length the model was trained for, as CogVideoXPipeline call arguments."""
     return dict(num_frames=FRAMES, height=SIZE, width=SIZE, max_sequence_length=TEXT_LEN)
 
 
 def load_vae(folder):
+    """The member's trained ``AutoencoderKLCogVideoX`` from ``folder``."""
     import diffusers
 
     return getattr(diffusers, VAE_CLASS).from_pretrained(folder)

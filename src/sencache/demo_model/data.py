@@ -78,6 +78,7 @@ _ADVERB_SPEED = {"slowly": "slowly", "fast": "fast"}
 
 @dataclass(frozen=True)
 class ObjectSpec:
+    """One object of a scene: colour, shape, size class, direction and speed class (checked on creation)."""
     colour: str  # key of COLORS
     shape: str  # one of SHAPES
     size: str  # "small" | "large"
@@ -101,6 +102,7 @@ class ObjectSpec:
 
 @dataclass
 class Sample:
+    """One clip of the dataset: its frames, caption, objects and background."""
     frames: np.ndarray  # uint8 (FRAMES, SIZE, SIZE, 3)
     caption: str
     objects: list[ObjectSpec]
@@ -365,6 +367,7 @@ def render(spec_list: list[ObjectSpec], background: str, rng: np.random.Generato
 
 def make_sample(rng: np.random.Generator, sizes: Mapping[str, int] = SIZE_PX,
                 objects_mix: Sequence[float] = N_OBJECTS_WEIGHTS) -> Sample:
+    """One random clip from ``rng``: a scene drawn, rendered and captioned (``sizes``: pixels per size class)."""
     objects, background = sample_specs(rng, objects_mix)
     frames = render(objects, background, rng, sizes)
     return Sample(frames=frames, caption=caption_for(objects, background), objects=objects, background=background)
@@ -416,6 +419,7 @@ def save_grid(samples: list[Sample], out: str, scale: float = 1.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Preview the dataset: write a PNG grid of ``--show`` samples and print their captions."""
     ap = argparse.ArgumentParser(description="Preview the procedural demo dataset.")
     ap.add_argument("--show", type=int, default=6, help="number of samples")
     ap.add_argument("--out", default="demo_samples.png", help="output PNG path")

@@ -23,6 +23,8 @@ def _raise_keyboard_interrupt(signum, frame):
 
 @contextlib.contextmanager
 def sigterm_as_keyboard_interrupt():
+    """Inside the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does; the previous handler is
+    restored on exit."""
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield

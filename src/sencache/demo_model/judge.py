@@ -63,6 +63,7 @@ _NORMAL_FAST = float(np.sqrt(_TRAVEL["normal"] * _TRAVEL["fast"]))
 #: scripts/fit_judge_thresholds.py (docs/judge_thresholds.txt), keeping the judge exact on clean clips.
 @dataclass(frozen=True)
 class ShapeThresholds:
+    """Cut-offs :func:`classify_shape` applies to a shape's skew and fill: triangle, else square or circle."""
     triangle_skew: float  # skew below this: triangle
     triangle_fill: float  # fill below this: triangle
     square_fill: float  # otherwise, fill at or above this: square, below: circle

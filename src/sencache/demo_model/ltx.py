@@ -58,6 +58,7 @@ SCHEDULER_CONFIG = dict(
 
 
 def build_transformer(seed: int = 0, **overrides):
+    """An untrained ``LTXVideoTransformer3DModel`` (``TRANSFORMER_CONFIG`` with ``overrides``), seeded."""
     from diffusers import LTXVideoTransformer3DModel
 
     torch.manual_seed(seed)
@@ -65,6 +66,7 @@ def build_transformer(seed: int = 0, **overrides):
 
 
 def build_vae(seed: int = 0, **overrides):
+    """An untrained ``AutoencoderKLLTXVideo`` (``VAE_CONFIG`` with ``overrides``), seeded with ``seed``."""
     from diffusers import AutoencoderKLLTXVideo
 
     torch.manual_seed(seed)
@@ -72,12 +74,14 @@ def build_vae(seed: int = 0, **overrides):
 
 
 def build_scheduler():
+    """LTX-Video's flow-matching Euler scheduler, shifted by the sequence length (``SCHEDULER_CONFIG``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 
 def build_pipeline(words: list[str], seed: int = 0, vae=None, text_encoder_overrides=None, **transformer_overrides):
+    """A complete demo LTXPipeline with an untrained transformer and T5 text encoder (and VAE, unless given)."""
     from diffusers import LTXPipeline
 
     return assemble_pipeline(LTXPipeline, words, seed, vae, text_encoder_overrides, transformer_overrides,
@@ -120,10 +124,12 @@ def training_example(pipe, x0: torch.Tensor, captions: list[str],
 
 
 def call_kwargs() -> dict:
+    """The clip size and text length the model was trained for, as LTXPipeline call arguments."""
     return dict(num_frames=FRAMES, height=SIZE, width=SIZE, max_sequence_length=TEXT_LEN)
 
 
 def load_vae(folder):
+    """The member's trained ``AutoencoderKLLTXVideo`` from ``folder``."""
     import diffusers
 
     return getattr(diffusers, VAE_CLASS).from_pretrained(folder)

@@ -25,16 +25,19 @@ SYSTEMS: dict[str, tuple[ModuleType, Path, str]] = {
 
 
 def system(name: str) -> ModuleType:
+    """The module of demo family member ``name``; raises :class:`SenCacheError` for an unknown name."""
     if name not in SYSTEMS:
         raise SenCacheError(f"unknown demo system {name!r}; choose one of {', '.join(SYSTEMS)}")
     return SYSTEMS[name][0]
 
 
 def weights_dir(name: str) -> Path:
+    """The folder of member ``name``'s shipped weights."""
     system(name)
     return SYSTEMS[name][1]
 
 
 def title(name: str) -> str:
+    """What the README calls member ``name`` (e.g. "Wan 2.1 architecture")."""
     system(name)
     return SYSTEMS[name][2]

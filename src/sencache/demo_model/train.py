@@ -41,6 +41,8 @@ CAPTION_DROPOUT = 0.1  # share of empty captions, so classifier-free guidance ha
 
 
 def make_batch(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX, objects_mix=data.N_OBJECTS_WEIGHTS):
+    """Batch ``step``: uint8 clips (B, F, H, W, 3) and captions (``CAPTION_DROPOUT`` of them empty), deterministic
+    in (seed, step)."""
     rng = np.random.default_rng([seed, step])
     samples = [data.make_sample(rng, sizes, objects_mix) for _ in range(batch_size)]
     frames = np.stack([s.frames for s in samples])
@@ -55,6 +57,7 @@ def batch_loss(member, pipe, frames, captions, generator: torch.Generator) -> to
 
 
 def trainable_modules(pipe):
+    """The modules training updates: the transformer and the text encoder (the VAE stays frozen)."""
     return torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
 
 
@@ -81,6 +84,8 @@ def init_from_pipeline(modules: torch.nn.ModuleDict, folder: str, grow: bool = F
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Learning rate at ``step``: linear warm-up over ``warmup`` steps, then cosine from ``base_lr`` down to 10 %
+    at ``total``."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -88,6 +93,7 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
 
 
 def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path, call_kwargs: dict) -> None:
+    """Save a copy of ``pipe`` with the EMA weights as a diffusers folder ``out_dir``, with its call defaults."""
     export = copy.deepcopy(pipe)
     trainable_modules(export).load_state_dict(ema.state_dict())
     export.save_pretrained(out_dir, safe_serialization=True)
@@ -96,6 +102,7 @@ def save_pipeline(pipe, ema: torch.nn.ModuleDict, out_dir: Path, call_kwargs: di
 
 
 def train(args) -> Path:
+    """Train (resume, or with ``--export-only`` just export) a demo model; returns the saved pipeline folder."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +186,7 @@ def train(args) -> Path:
 
 
 def parse_args(argv=None):
+    """The training script's command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--system", choices=list(SYSTEMS), default="wan",
                    help="which architecture of the demo family to train (default %(default)s)")

@@ -49,12 +49,15 @@ OBJECT_CHROMA = 0.47  # max(rgb) - min(rgb) in [-1, 1] units above which a pixel
 
 
 def make_clips(step: int, seed: int, batch_size: int, sizes=data.SIZE_PX) -> torch.Tensor:
+    """Clips of ``step`` as float (B, 3, F, H, W) in [-1, 1], deterministic in (seed, step)."""
     rng = np.random.default_rng([seed, step, 7])  # 7: a stream apart from the transformer's batches
     return frames_to_pixels(np.stack([data.make_sample(rng, sizes).frames for _ in range(batch_size)]))
 
 
 def vae_loss(vae, x: torch.Tensor, generator: torch.Generator,
              latent_noise: float = LATENT_NOISE) -> tuple[torch.Tensor, float]:
+    """(loss, reconstruction part): object-weighted L1 + MSE of the clips decoded from a noised latent, plus
+    a small penalty on the latent's size."""
     mean = vae.encode(x).latent_dist.mean
     y = vae.decode(mean + latent_noise * torch.randn(mean.shape, generator=generator).to(mean.device)).sample
     weight = 1.0 + (OBJECT_WEIGHT - 1.0) * ((x.amax(1, keepdim=True) - x.amin(1, keepdim=True)) > OBJECT_CHROMA)
@@ -99,6 +102,8 @@ def load_for_decoder_training(vae_dir: str, overrides: dict, seed: int):
 
 
 def train(args) -> Path:
+    """Train (or resume) a demo VAE, store its latent statistics (unless only the decoder trained) and save it;
+    returns the VAE folder."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +173,7 @@ def train(args) -> Path:
 
 
 def parse_args(argv=None):
+    """The VAE training script's command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--system", choices=list(SYSTEMS), default="wan",
                    help="whose VAE class to train (default %(default)s)")

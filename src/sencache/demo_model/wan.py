@@ -14,6 +14,7 @@ SHIFT = 2.0  # same shift as the sampling scheduler: train where sampling spends
 
 
 def load_vae(folder):
+    """The member's trained ``AutoencoderKLWan`` from ``folder``."""
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan.from_pretrained(folder)
@@ -40,4 +41,5 @@ def training_example(pipe, x0: torch.Tensor, captions: list[str],
 
 
 def call_kwargs() -> dict:
+    """The clip size and text length the model was trained for, as WanPipeline call arguments."""
     return demo_call_kwargs()

@@ -14,10 +14,10 @@ from sencache.core.replay import solve_eps
 from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.trajectories import trajectories_of
 from sencache.errors import SenCacheError
-from sencache.harness.metrics import lpips_weights_path
-from sencache.harness.report import jsonable, plain_log_ticks
+from sencache.harness.lpips_weights import lpips_weights_path
 from sencache.harness.runner import runs_against_reference
-from sencache.toolbox.numbers import fmt_number
+from sencache.report.plots import plain_log_ticks
+from sencache.toolbox.numbers import fmt_number, jsonable
 
 # --------------------------------------------------------------------------------------------
 # ablations

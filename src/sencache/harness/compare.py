@@ -6,7 +6,7 @@
 For every prompt x seed (a *job*) the uncached reference (``none``, no hooks) runs first; then every method
 at every setting (its default threshold, or its whole sweep). Fidelity is PSNR / SSIM / LPIPS of the raw
 frames against the reference frames (never an encoded video); cost is the NFE counted by
-:class:`sencache.harness.counter.StepCounter` and the wall time of the pipeline call.
+:class:`sencache.methods.counter.StepCounter` and the wall time of the pipeline call.
 
 The work is cut so that a later change can shard it over ``torchrun`` ranks without touching the rest:
 :func:`make_jobs` is a pure function of the prompt and seed lists, :func:`run_job` runs one job and
@@ -14,7 +14,7 @@ returns a JSON-able record, :func:`merge_records` combines records from any numb
 order, and :func:`summarize` turns merged records into the results dict.
 
 Outputs in ``out_dir``: ``results.json``, ``results.md``, ``pareto.png`` and ``frames.npz`` (uint8 frames
-of the reference and of each method's primary setting, for :func:`sencache.harness.report.write_report`).
+of the reference and of each method's primary setting, for :func:`sencache.report.page.write_report`).
 
 Under ``torchrun --nproc_per_node=K sencache compare ...`` the jobs are sharded round-robin over the ranks
 (:func:`shard_jobs`); rank 0 gathers the records and frames, merges them (:func:`merge_records`) and writes
@@ -32,23 +32,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import diffusers
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sencache.adapter.parallel import parallel_config_of
 from sencache.core.default_rule import SCHEDULE
 from sencache.core.profile import model_class_name, model_config_hash
 from sencache.errors import SenCacheError
-from sencache.harness import report
-from sencache.harness.methods import REFERENCE, MethodContext, get_method
-from sencache.harness.metrics import PSNR_CAP_DB, lpips_ready
+from sencache.harness.lpips_weights import lpips_ready
+from sencache.harness.metrics import PSNR_CAP_DB
 from sencache.harness.runner import against_reference
-from sencache.harness.tails import tail_fields
+from sencache.methods import REFERENCE, MethodContext, get_method
+from sencache.report.frames import save_frames
+from sencache.report.plots import plot_pareto
+from sencache.report.tables import markdown_table
 from sencache.runtime import distributed as dist
 from sencache.runtime.checkpoint import RunCheckpoint
 from sencache.runtime.generation import generate
 from sencache.runtime.prompts import check_disjoint
 from sencache.runtime.video import as_uint8
+from sencache.statistics.tails import tail_fields
 from sencache.version import __version__
 
 FORMAT = "sencache-compare/1"
@@ -271,8 +276,6 @@ def summarize(records: Sequence[dict], variants: Sequence[Variant], skipped: dic
         spec = get_method(name)
         methods[name] = {"family": spec.family, "description": spec.description, "param": spec.param,
                          "available": False, "skipped": reason, "settings": []}
-    import diffusers
-
     return {
         "format": FORMAT,
         "model": model,
@@ -318,10 +321,10 @@ def write_outputs(results: dict, out_dir, frames: dict | None = None) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results.json": out / "results.json", "results.md": out / "results.md", "pareto.png": out / "pareto.png"}
     paths["results.json"].write_text(json.dumps(results, indent=1, allow_nan=False))
-    paths["results.md"].write_text(report.markdown_table(results))
-    report.plot_pareto(results, paths["pareto.png"])
+    paths["results.md"].write_text(markdown_table(results))
+    plot_pareto(results, paths["pareto.png"])
     if frames:
-        paths["frames.npz"] = report.save_frames(out / "frames.npz", frames)
+        paths["frames.npz"] = save_frames(out / "frames.npz", frames)
     return paths
 
 
@@ -356,8 +359,106 @@ def check_held_out(prompts: Sequence[str], profile=None, baselines=None) -> None
         check_disjoint(profile.metadata["prompts"], prompts, "the sensitivity profile's calibration")
 
 
+@dataclass
+class ComparePlan:
+    """What a comparison will run: the settings of every method, the jobs (this rank's share), how it records."""
+
+    ctx: MethodContext
+    variants: list
+    skipped: dict
+    jobs: list
+    mine: list  # this rank's jobs
+    rank: int
+    shard: bool
+    keep_going: bool
+    use_lpips: bool
+    notes: list
+    checkpoint: RunCheckpoint | None
 
 
+def plan_comparison(pipe, prompts, seeds, methods, sweep, num_inference_steps, guidance_scale, profile, baselines,
+                    values, use_lpips, shard, keep_going, checkpoint, resume, keep_frames) -> ComparePlan:
+    """Check the prompts are held out, pick every method's settings, split the jobs over the ranks, open the
+    checkpoint (see :func:`compare` for the arguments)."""
+    if shard is None:
+        shard = dist.group_active() and parallel_config_of(getattr(pipe, "transformer", None)) is None
+    shard = bool(shard) and dist.group_active()
+    check_held_out(prompts, profile, baselines)
+    ctx = MethodContext(num_inference_steps=int(num_inference_steps), profile=profile, baselines=baselines)
+    variants, skipped = plan_variants(methods, sweep, values, ctx, pipe)
+    for name, reason in skipped.items():
+        if not get_method(name).skipped_when_unavailable:
+            raise SenCacheError(f"{name} cannot run: {reason.removeprefix('skipped: ')}")
+    notes = []
+    if use_lpips is None:
+        use_lpips = lpips_ready()
+        if not use_lpips:
+            notes.append("LPIPS not computed: weights missing (python scripts/fetch_lpips_weights.py)")
+    jobs = make_jobs(prompts, seeds)
+    rank = dist.rank() if shard else 0
+    saved = None
+    if checkpoint is not None:
+        transformer = getattr(pipe, "transformer", None)
+        saved = RunCheckpoint(checkpoint, {
+            "model_class": model_class_name(transformer), "config_hash": model_config_hash(transformer),
+            "jobs": [[j.index, j.prompt, j.seed] for j in jobs], "steps": int(num_inference_steps),
+            "guidance": float(guidance_scale), "lpips": bool(use_lpips), "frames": keep_frames,
+            "variants": [[v.key, v.method, v.value] for v in variants]}, resume=resume, what="comparison")
+    return ComparePlan(ctx=ctx, variants=variants, skipped=skipped, jobs=jobs,
+                       mine=shard_jobs(jobs, rank, dist.world_size()) if shard else jobs, rank=rank, shard=shard,
+                       keep_going=shard if keep_going is None else bool(keep_going), use_lpips=bool(use_lpips),
+                       notes=notes, checkpoint=saved)
+
+
+def run_planned(pipe, plan: ComparePlan, guidance_scale: float, keep_frames: bool, progress: bool,
+                warmup: bool) -> tuple[list, list, dict]:
+    """This rank's jobs (a finished one read back from the checkpoint): (records, failures, frames)."""
+    if warmup and plan.mine:  # first-call costs (allocations, lazy init) must not land on the first timed run
+        try:
+            generate(pipe, plan.mine[0].prompt, plan.mine[0].seed, num_inference_steps=2,
+                     guidance_scale=guidance_scale)
+        except Exception:
+            if not plan.keep_going:
+                raise  # otherwise the job itself fails below and is recorded with its prompt
+    per_job = 1 + len(plan.variants)
+    bar = tqdm(total=len(plan.mine) * per_job, desc="compare", unit="run", disable=not progress or plan.rank != 0)
+    records, failures, frames = [], [], {}
+    try:
+        for job in plan.mine:
+            done = plan.checkpoint.load(job.index) if plan.checkpoint is not None else None
+            if done is None:
+                try:
+                    done = run_job(pipe, job, plan.variants, plan.ctx, guidance_scale, plan.use_lpips,
+                                   keep_frames=keep_frames, progress=bar)
+                except Exception as exc:
+                    if not plan.keep_going:
+                        raise
+                    failures.append({"job": job.index, "prompt": job.prompt, "seed": job.seed, "rank": plan.rank,
+                                     "error": f"{type(exc).__name__}: {exc}"})
+                    print(f"[rank {plan.rank}] FAILED job {job.index} {job.prompt!r} seed {job.seed}: {exc}",
+                          file=sys.stderr)
+                    continue
+                if plan.checkpoint is not None:
+                    plan.checkpoint.save(job.index, *done)
+            else:
+                bar.update(per_job)
+            records.append(done[0])
+            frames.update({f"{job.index}|{k}": v for k, v in done[1].items()})
+    finally:
+        bar.close()
+    return records, failures, frames
+
+
+def gather(plan: ComparePlan, records: list, failures: list, frames: dict) -> tuple[list, list, dict] | None:
+    """Every rank's records, failures and frames on rank 0 (None on the others); unsharded, this rank's."""
+    if plan.shard:
+        parts = dist.gather_objects((records, failures, frames))
+        if not dist.is_main():
+            return None
+        records = merge_records(*(part[0] for part in parts))
+        failures = [f for part in parts for f in part[1]]
+        frames = {k: v for part in parts for k, v in part[2].items()}
+    return merge_records(records), sorted(failures, key=lambda f: f["job"]), frames
 
 
 def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequence[str], sweep: bool = False,
@@ -380,82 +481,18 @@ def compare(pipe, prompts: Sequence[str], seeds: Sequence[int], methods: Sequenc
     ``resume=True`` a comparison interrupted there runs only its unfinished jobs (its arguments must match)
     and gives the same results apart from wall-clock fields. The folder is left for the caller to delete.
     """
-    from tqdm.auto import tqdm
-
-
-    if shard is None:
-        shard = dist.group_active() and parallel_config_of(getattr(pipe, "transformer", None)) is None
-    shard = bool(shard) and dist.group_active()
-    if keep_going is None:
-        keep_going = shard
-    check_held_out(prompts, profile, baselines)
-    ctx = MethodContext(num_inference_steps=int(num_inference_steps), profile=profile, baselines=baselines)
-    variants, skipped = plan_variants(methods, sweep, values, ctx, pipe)
-    for name, reason in skipped.items():
-        if not get_method(name).skipped_when_unavailable:
-            raise SenCacheError(f"{name} cannot run: {reason.removeprefix('skipped: ')}")
-    notes = []
-    if use_lpips is None:
-        use_lpips = lpips_ready()
-        if not use_lpips:
-            notes.append("LPIPS not computed: weights missing (python scripts/fetch_lpips_weights.py)")
-    jobs = make_jobs(prompts, seeds)
-    rank = dist.rank() if shard else 0
-    mine = shard_jobs(jobs, rank, dist.world_size()) if shard else jobs
-    main = rank == 0
-    if warmup and mine:  # first-call costs (allocations, lazy init) must not land on the first timed run
-        try:
-            generate(pipe, mine[0].prompt, mine[0].seed, num_inference_steps=2, guidance_scale=guidance_scale)
-        except Exception:
-            if not keep_going:
-                raise  # otherwise the job itself fails below and is recorded with its prompt
-    saved = None
-    if checkpoint is not None:
-        transformer = getattr(pipe, "transformer", None)
-        saved = RunCheckpoint(checkpoint, {
-            "model_class": model_class_name(transformer), "config_hash": model_config_hash(transformer),
-            "jobs": [[j.index, j.prompt, j.seed] for j in jobs], "steps": int(num_inference_steps),
-            "guidance": float(guidance_scale), "lpips": bool(use_lpips), "frames": out_dir is not None,
-            "variants": [[v.key, v.method, v.value] for v in variants]}, resume=resume, what="comparison")
-    bar = tqdm(total=len(mine) * (1 + len(variants)), desc="compare", unit="run", disable=not progress or not main)
-    records, failures, frames = [], [], {}
-    try:
-        for job in mine:
-            done = saved.load(job.index) if saved is not None else None
-            if done is not None:
-                records.append(done[0])
-                frames.update({f"{job.index}|{k}": v for k, v in done[1].items()})
-                bar.update(1 + len(variants))
-                continue
-            try:
-                rec, job_frames = run_job(pipe, job, variants, ctx, guidance_scale, use_lpips,
-                                          keep_frames=out_dir is not None, progress=bar)
-                if saved is not None:
-                    saved.save(job.index, rec, job_frames)
-            except Exception as exc:
-                if not keep_going:
-                    raise
-                failures.append({"job": job.index, "prompt": job.prompt, "seed": job.seed, "rank": rank,
-                                 "error": f"{type(exc).__name__}: {exc}"})
-                print(f"[rank {rank}] FAILED job {job.index} {job.prompt!r} seed {job.seed}: {exc}", file=sys.stderr)
-                continue
-            records.append(rec)
-            frames.update({f"{job.index}|{k}": v for k, v in job_frames.items()})
-    finally:
-        bar.close()
-    if shard:
-        parts = dist.gather_objects((records, failures, frames))
-        if not dist.is_main():
-            return None
-        records = merge_records(*(part[0] for part in parts))
-        failures = [f for part in parts for f in part[1]]
-        frames = {k: v for part in parts for k, v in part[2].items()}
-    failures.sort(key=lambda f: f["job"])
-    results = summarize(merge_records(records), variants, skipped, ctx=ctx, guidance_scale=guidance_scale,
+    plan = plan_comparison(pipe, prompts, seeds, methods, sweep, num_inference_steps, guidance_scale, profile,
+                           baselines, values, use_lpips, shard, keep_going, checkpoint, resume,
+                           keep_frames=out_dir is not None)
+    gathered = gather(plan, *run_planned(pipe, plan, guidance_scale, out_dir is not None, progress, warmup))
+    if gathered is None:
+        return None
+    records, failures, frames = gathered
+    results = summarize(records, plan.variants, plan.skipped, ctx=plan.ctx, guidance_scale=guidance_scale,
                         prompts=prompts, seeds=seeds, model=model,
-                        calibration=calibration_info(profile, baselines, profile_path, baselines_path), notes=notes,
-                        **where_it_ran(pipe))
+                        calibration=calibration_info(profile, baselines, profile_path, baselines_path),
+                        notes=plan.notes, **where_it_ran(pipe))
     results["failures"] = failures
-    if out_dir is not None and (shard or dist.is_main()):  # unsharded ranks (context parallelism) share one run
+    if out_dir is not None and (plan.shard or dist.is_main()):  # unsharded ranks (context parallelism) share one run
         results["files"] = {k: str(v) for k, v in write_outputs(results, out_dir, frames).items()}
     return results

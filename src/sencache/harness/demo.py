@@ -15,14 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from sencache.core.default_rule import SCHEDULE
+from sencache.core.default_rule import SCHEDULE, rule_for_profile
 from sencache.core.rules.sencache import SenCacheConfig
 from sencache.core.schedule import DEFAULT_EPS_SCHEDULE
 from sencache.errors import SenCacheError
 from sencache.harness.compare import compare
-from sencache.harness.methods import MethodContext, default_rule_for, get_method
-from sencache.harness.report import write_report
 from sencache.harness.tuning import tune_threshold
+from sencache.methods import MethodContext, get_method
+from sencache.methods.base import default_rule_for
+from sencache.report.page import write_report
 
 DEMO_METHODS = ("magcache", "teacache", "sencache")
 SEED_PAGE_METHODS = ("magcache-fast", "sencache")  # the project page's columns
@@ -33,7 +34,7 @@ def setting_key(method: str, steps: int, target_nfe: float, guidance: float, pro
     guidance (and, for SenCache, one profile and the rule it runs at that target)."""
     key = f"{method}|T={steps}|nfe={target_nfe:g}|g={guidance:g}"
     if method == "sencache" and profile is not None:
-        rule = default_rule_for(MethodContext(num_inference_steps=steps, profile=profile), target_nfe)
+        rule = rule_for_profile(profile, target_nfe, steps)
         data = profile.to_dict()
         if rule == SCHEDULE:  # the closed loop's calibration does not change the ε-schedule rule's threshold
             data["curves"] = {k: v for k, v in data.get("curves", {}).items() if k != "gain"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from sencache.core.default_rule import SCHEDULE
-from sencache.harness.tails import BROKEN_PSNR_DB, with_tails
+from sencache.statistics.tails import BROKEN_PSNR_DB, with_tails
 from sencache.toolbox.numbers import fmt_number
 
 METRICS = ("psnr", "ssim", "lpips")

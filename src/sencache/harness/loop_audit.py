@@ -20,12 +20,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sencache.core.loop import loop_calibration, step_gain
-from sencache.harness.audit import audit_run, correlations, spearman
+from sencache.harness.audit import audit_run, correlations
 from sencache.harness.metrics import psnr
-from sencache.harness.report import jsonable
 from sencache.runtime.generation import generate
+from sencache.statistics.ranks import spearman
+from sencache.toolbox.numbers import jsonable
 
 
 def local_records(records: Sequence, profile, num_steps: int) -> list[dict]:
@@ -44,8 +46,6 @@ def local_records(records: Sequence, profile, num_steps: int) -> list[dict]:
 def loop_audit(pipe, config, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 50,
                guidance_scale: float = 5.0, progress: bool = True) -> dict:
     """Run the audit at ``config`` (a closed-loop :class:`~sencache.SenCacheConfig`); a JSON-able dict."""
-    from tqdm.auto import tqdm
-
     jobs = [(p, int(s)) for p in prompts for s in seeds]
     records, clips = [], []
     for prompt, seed in tqdm(jobs, desc="loop audit", disable=not progress):

@@ -15,8 +15,9 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sencache.adapter.hooks import disable, enable, quiet_sencache
+from sencache.adapter.hooks import quiet_sencache
 from sencache.harness.metrics import PSNR_CAP_DB, video_metrics
+from sencache.methods.ours import SessionHandle
 from sencache.runtime.generation import generate
 from sencache.toolbox.numbers import finite_or_none
 
@@ -27,23 +28,6 @@ class Handle(Protocol):
     def stats(self) -> dict: ...
 
     def remove(self) -> None: ...
-
-
-class SessionHandle:
-    """A sencache rule config put on a pipeline with :func:`sencache.enable`, as a :class:`Handle`
-    (``stats()`` is the adapter's trace summary, with ``nfe``)."""
-
-    def __init__(self, pipe, config):
-        self.pipe = pipe
-        self.session = enable(pipe, config)
-
-    def stats(self) -> dict:
-        """The trace summary of the last generation."""
-        return dict(self.session.summary())
-
-    def remove(self) -> None:
-        """Take the cache off the pipeline."""
-        disable(self.pipe)
 
 
 class _Uncached:

@@ -8,11 +8,13 @@ from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sencache.adapter.hooks import quiet_sencache
 from sencache.core.default_rule import RULES
 from sencache.errors import SenCacheError
-from sencache.harness.methods import MethodContext, default_rule_for, get_method
+from sencache.methods import MethodContext, get_method
+from sencache.methods.base import default_rule_for
 from sencache.runtime.generation import generate
 
 # --------------------------------------------------------------------------------------------------
@@ -103,8 +105,6 @@ def tune_values(pipe, methods: Sequence[str], targets: Sequence[float], prompts:
     ``{"rule": r, "value": v}``, its records carry ``rule`` and ``default_for_target`` (whether budget mode picks
     ``rule`` at that target).
     """
-    from tqdm.auto import tqdm
-
     values, records = {}, {}
     ctx = ctx or MethodContext()
     todo = [m for m in methods if (spec := get_method(m)).param is not None and spec.unavailable(ctx, pipe) is None]

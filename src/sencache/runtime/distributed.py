@@ -48,18 +48,22 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
+    """This process's rank (before the process group is up: torchrun's ``RANK``, else 0)."""
     return _dist.get_rank() if _initialized() else _env_int("RANK", 0)
 
 
 def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK``, else the global rank)."""
     return _env_int("LOCAL_RANK", rank())
 
 
 def world_size() -> int:
+    """The ranks' count (before the process group is up: torchrun's ``WORLD_SIZE``, else 1)."""
     return _dist.get_world_size() if _initialized() else _env_int("WORLD_SIZE", 1)
 
 
 def is_main() -> bool:
+    """True on rank 0 (so always in a single process)."""
     return rank() == 0
 
 
@@ -138,6 +142,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def barrier() -> None:
+    """Wait for every rank; a no-op in a single process or before the process group is up."""
     if _initialized() and world_size() > 1:
         _dist.barrier()
 

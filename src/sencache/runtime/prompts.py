@@ -10,6 +10,8 @@ from sencache.errors import SenCacheError
 
 
 def read_prompts(path) -> list[str]:
+    """The prompts of a file, one per line (blank and ``#`` lines skipped); raises :class:`SenCacheError` if
+    the file is unreadable or holds none."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of the first prompt

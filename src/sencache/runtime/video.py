@@ -19,8 +19,6 @@ from sencache.errors import SenCacheError
 
 def save_clip(frames: np.ndarray, stem, scale: int = 4, fps: int = 8) -> list:
     """Write frames (F, H, W, 3) in [0, 1] as STEM.mp4 and STEM.gif, upscaled ×scale (nearest) to be visible."""
-    from pathlib import Path
-
     import imageio.v2 as imageio
 
     stem = Path(stem)

@@ -37,25 +37,20 @@ from typing import Any
 import torch
 
 from sencache.core.change import forecast_change, guarded_forecast_change, predicted_change
-from sencache.core.correction import correction_normaliser, normaliser_at
-from sencache.core.loop import loop_calibration
-from sencache.core.loop_replay import eps_for_psnr
+from sencache.core.correction import correction_normaliser
 from sencache.core.presets import preset_settings
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
+from sencache.core.rules.sencache_checks import check_settings
+from sencache.core.rules.sencache_correction import learn_correction, note_interval
 from sencache.core.rules.sencache_loop import SenCacheLoopRule
 from sencache.core.schedule import (
     DEFAULT_EPS_SCHEDULE,
-    as_schedule,
     threshold,
-    tied_eps_start,
 )
 from sencache.errors import SenCacheError
 
 logger = logging.getLogger("sencache")
-
-FORECASTS = ("hold", "linear", "auto")  # what a reusing sample gets (SenCacheConfig.forecast)
-
 
 # --------------------------------------------------------------------------------------------
 # config
@@ -147,76 +142,7 @@ class SenCacheConfig:
                 "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
                 "or measure one with `sencache calibrate`"
             )
-        self._check_loop()
-        self.eps_schedule = as_schedule(self.eps_schedule)
-        if self.forecast is None:  # the default: forecast by predicted error where the profile allows it
-            self.forecast = "auto" if "jtt" in self.profile.curves else "hold"
-        if self.forecast not in FORECASTS:
-            raise SenCacheError(f"forecast must be one of {', '.join(FORECASTS)} (got {self.forecast!r})")
-        if self.forecast == "auto" and not self.loop:  # the loop learns its forecast error (jtt optional)
-            self.profile.lookup_curve("jtt", [0.0])  # fail now, not mid-generation
-        if self.forecast_guard is not None:
-            g = self.forecast_guard
-            if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0:
-                raise SenCacheError(f"forecast_guard must be a number > 0 or None (got {g!r})")
-            if self.forecast != "auto":
-                raise SenCacheError(f"forecast_guard bounds forecast=\"auto\" only (forecast is {self.forecast!r})")
-        self._check_correction()
-        self.eps_start_tied = self.eps_start is None
-        if self.eps_start is None:
-            self.eps_start = tied_eps_start(self.eps) if isinstance(self.eps, (int, float)) else self.eps
-        for field_name in ("eps", "eps_start"):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise SenCacheError(f"{field_name} must be a number >= 0 (got {value!r}); 0 disables reuse")
-        if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise SenCacheError(f"warmup_fraction must be in [0, 1] (got {self.warmup_fraction!r})")
-        if not isinstance(self.max_reuse, int) or self.max_reuse < 0:
-            raise SenCacheError(f"max_reuse must be an integer >= 0 (got {self.max_reuse!r}); 0 disables reuse")
-        if not isinstance(self.final_steps, int) or self.final_steps < 0:
-            raise SenCacheError(f"final_steps must be an integer >= 0 (got {self.final_steps!r})")
-
-    def _check_loop(self) -> None:
-        """Resolve ``loop`` and, for the closed loop, ``eps`` (given, for ``target_psnr``, or the profile's)."""
-        has_gain = "gain" in self.profile.curves and isinstance(self.profile.metadata.get("loop"), dict)
-        if self.loop is None:  # opt-in: the quality target asks for it
-            self.loop = self.target_psnr is not None and has_gain
-        m = self.learn_momentum
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
-            raise SenCacheError(f"learn_momentum must be in [0, 1) (got {m!r})")
-        p = self.target_psnr
-        if p is not None:
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
-                raise SenCacheError(f"target_psnr must be a number of dB > 0 (got {p!r})")
-            if not self.loop:
-                raise SenCacheError("target_psnr needs the closed-loop rule: a profile with the clip-error gain "
-                                    "(measured by `sencache calibrate`)")
-        if not self.loop:
-            if self.eps is None:
-                self.eps = 0.1
-            return
-        loop_calibration(self.profile)  # a clear error now, not mid-generation
-        if self.forecast is None:  # the closed loop holds: its learned forecasts lost on the design prompts
-            self.forecast = "hold"
-        if self.eps is None:
-            if p is not None:
-                self.eps = eps_for_psnr(self, p)
-            else:
-                self.eps = self.profile.metadata["loop"].get("recommended_eps", 0.0)
-
-    def _check_correction(self) -> None:
-        try:
-            lo, hi = (float(v) for v in self.correction_bounds)
-        except (TypeError, ValueError):
-            raise SenCacheError(f"correction_bounds must be (low, high) (got {self.correction_bounds!r})") from None
-        if not (0 < lo <= 1.0 <= hi < math.inf):
-            raise SenCacheError(f"correction_bounds must satisfy 0 < low <= 1 <= high < inf (got {(lo, hi)})")
-        self.correction_bounds = (lo, hi)
-        m = self.correction_momentum
-        if not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
-            raise SenCacheError(f"correction_momentum must be in [0, 1) (got {m!r})")
-        if self.correction:
-            correction_normaliser(self.profile)  # fail now, not mid-generation
+        check_settings(self)
 
     @classmethod
     def preset(cls, name: str, profile: SensitivityProfile, **overrides) -> "SenCacheConfig":
@@ -343,7 +269,7 @@ class SenCacheRule:
                 reuse = torch.zeros_like(reuse)
                 reasons = ["final"] * batch
         if cfg.correction:
-            self._note_interval(state, inp.step, batch, raw, reuse)
+            note_interval(state, inp.step, batch, raw, reuse)
         self._advance(state, inp, t, reuse)
         order = torch.where(reuse, order, torch.zeros_like(order))
         return Decision(reuse=reuse, score=score, eps=eps, reason=reasons,
@@ -396,27 +322,6 @@ class SenCacheRule:
             state.jt_ref[refresh] = jt[refresh]
         state.reuse_run = torch.where(reuse, state.reuse_run + 1, torch.zeros_like(state.reuse_run))
 
-    # --- per-sample correction -------------------------------------------------------------
-    def _note_interval(self, state: SenCacheState, step: int, batch: int, raw: torch.Tensor | None,
-                       reuse: torch.Tensor) -> None:
-        """Before the references move: remember, for the rows that refresh now, the S predicted for the
-        interval since their previous refresh, the timestep it started at and its length in steps."""
-        nan = torch.full((batch,), math.nan, dtype=torch.float64)
-        if state.factor is None or state.factor.shape[0] != batch or raw is None:
-            state.factor = torch.ones(batch, dtype=torch.float64)
-            state.has_residual = torch.zeros(batch, dtype=torch.bool)
-            state.last_ratio = nan.clone()
-            state.residual_ref = None
-            state.pending_s, state.pending_t = nan.clone(), nan.clone()
-            state.pending_gap = torch.zeros(batch, dtype=torch.long)
-            state.step_ref = torch.full((batch,), step, dtype=torch.long)
-            return
-        refresh = ~reuse.cpu()
-        state.pending_s = torch.where(refresh, raw, nan)
-        state.pending_t = torch.where(refresh, state.t_ref, nan)
-        state.pending_gap = torch.where(refresh, step - state.step_ref, torch.zeros_like(state.step_ref))
-        state.step_ref = torch.where(refresh, torch.full_like(state.step_ref, step), state.step_ref)
-
     def observe_refresh(self, state, inp, rows, residual) -> None:
         """Per-sample correction (``correction=True`` only; otherwise nothing to learn).
 
@@ -431,35 +336,4 @@ class SenCacheRule:
         decisions compare c·S with ε. Both S and rms(Δr) accumulate from the previous refresh, so
         every refresh after the first gives one observation per sample, reused or not in between.
         """
-        if not self.config.correction or residual is None:
-            return
-        batch = rows.shape[0]
-        if state.factor is None or state.factor.shape[0] != batch:
-            return
-        rows = rows.cpu().bool()
-        idx = rows.nonzero().flatten()
-        if idx.numel() == 0:
-            return
-        new = residual.detach().float()
-        if state.residual_ref is None or state.residual_ref.shape[1:] != new.shape[1:]:
-            state.residual_ref = new.new_zeros((batch, *new.shape[1:]))
-            state.has_residual = torch.zeros(batch, dtype=torch.bool)
-        prev = state.residual_ref.index_select(0, idx.to(new.device))
-        real = inp.rms(new - prev).double().cpu()  # the whole residual, also when it is sharded
-        s_pred = state.pending_s.index_select(0, idx)
-        t_prev = state.pending_t.index_select(0, idx)
-        gap = state.pending_gap.index_select(0, idx)
-        had = state.has_residual.index_select(0, idx)
-        ok = had & torch.isfinite(s_pred) & (s_pred > 0) & torch.isfinite(t_prev) & torch.isfinite(real) & (gap > 0)
-        if bool(ok.any()):
-            norm = normaliser_at(self._norm, torch.where(ok, t_prev, torch.zeros_like(t_prev)), gap.clamp_min(1))
-            q = real / (s_pred * norm)
-            lo, hi = self.config.correction_bounds
-            m = self.config.correction_momentum
-            old = state.factor.index_select(0, idx)
-            upd = (m * old + (1.0 - m) * q).clamp(lo, hi)
-            state.factor[idx[ok]] = upd[ok]
-            state.last_ratio[idx[ok]] = q[ok]
-        state.residual_ref[idx.to(new.device)] = new
-        state.has_residual[idx] = True
-        state.pending_s[idx] = math.nan
+        learn_correction(state, self._norm, self.config, inp, rows, residual)

@@ -5,7 +5,7 @@ Three layouts share the pipeline class, and :class:`WanImageToVideoTarget` follo
 * Wan 2.1 I2V: a CLIP image encoder; its embeddings go to every call (``encoder_hidden_states_image``), and the
   VAE-encoded image (with a first-frame mask) is concatenated after the noisy latent's channels;
 * Wan 2.2 I2V A14B: no image encoder, the same channel concatenation, two experts split at ``boundary_ratio``
-  (handled by :class:`~sencache.calibration.wan_target.WanTarget`);
+  (handled by :class:`~sencache.calibration.targets.wan.WanTarget`);
 * Wan 2.2 TI2V (``expand_timesteps``): the image latent replaces the first latent frame, whose tokens get
   timestep 0. The pipeline steps its latent's first frame too and blends it back only at the end; the target's
   latent is the blended one (what the transformer sees, and what the cache's rule measures at run time): the
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from sencache.calibration.wan_target import WanTarget
+from sencache.calibration.targets.wan import WanTarget
 from sencache.errors import UnsupportedModelError
 
 
 def is_wan_i2v(pipe) -> bool:
+    """True when ``pipe`` is a WanImageToVideoPipeline (by class name)."""
     return type(pipe).__name__ == "WanImageToVideoPipeline"
 
 
@@ -62,6 +63,7 @@ class WanImageToVideoTarget(WanTarget):
         return self.model_input(latents)
 
     def encode_video(self, frames):
+        """Not supported: raises :class:`UnsupportedModelError` (no ``--videos`` for image-to-video yet)."""
         raise UnsupportedModelError("calibrate --videos does not support image-to-video pipelines yet; calibrate "
                                     "from prompts and an image (the pipeline's own sampling trajectories)")
 
@@ -74,6 +76,7 @@ class WanImageToVideoTarget(WanTarget):
         return torch.cat([x, self.condition.expand(x.shape[0], -1, -1, -1, -1)], dim=1)
 
     def timestep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """TI2V: the first-frame mask (F, H, W), 0 where the conditioning frame's tokens take timestep 0."""
         return self.first_frame_mask[0][0]  # the conditioning frame's tokens get timestep 0
 
     def sampler_step(self):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sencache.calibration.target import PipelineTarget
+from sencache.calibration.targets.base import PipelineTarget
 from sencache.errors import SenCacheError, UnsupportedModelError
 
 
 def is_flux(pipe) -> bool:
+    """True when ``pipe`` is a FluxPipeline (by class name)."""
     return type(pipe).__name__ == "FluxPipeline"
 
 
@@ -65,6 +66,7 @@ class FluxTarget(PipelineTarget):
         return latents
 
     def encode_video(self, frames):
+        """Not supported: raises :class:`UnsupportedModelError` (``--videos`` calibrates Wan pipelines only)."""
         raise UnsupportedModelError("calibrate --videos supports Wan pipelines only for now; calibrate FLUX from "
                                     "prompts (its own sampling trajectories)")
 

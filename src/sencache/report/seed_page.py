@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from sencache.errors import SenCacheError
-from sencache.harness.heatmap import DEFAULT_GAIN, colour_scale, heat_map
-from sencache.harness.report import PAGE_CSS, primary_rows, video_columns
+from sencache.report.heatmap import DEFAULT_GAIN, colour_scale, heat_map
+from sencache.report.page import PAGE_CSS, video_columns
+from sencache.report.tables import primary_rows
 from sencache.runtime.video import grid_video, text_image, write_gif, write_mp4
 from sencache.toolbox.numbers import fmt_number
 

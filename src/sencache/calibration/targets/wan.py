@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sencache.calibration.target import PipelineTarget
+from sencache.calibration.targets.base import PipelineTarget
 from sencache.calibration.videos import resize_video
 from sencache.errors import SenCacheError, UnsupportedModelError
 
@@ -18,6 +18,7 @@ from sencache.errors import SenCacheError, UnsupportedModelError
 # model adapter: what calibration needs from a pipeline
 # --------------------------------------------------------------------------------------------
 def is_wan(pipe) -> bool:
+    """True when ``pipe`` is a WanPipeline (or a subclass of it); False if diffusers has no WanPipeline."""
     try:
         from diffusers import WanPipeline
     except ImportError:  # pragma: no cover
@@ -69,6 +70,8 @@ class WanTarget(PipelineTarget):
                                          generator)
 
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
+        """Video frames (uint8 (F, H, W, 3)), resized to the calibration size, as the normalised latent the
+        pipeline denoises: the mode of the VAE's posterior, normalised by its ``latents_mean`` / ``latents_std``."""
         _, c, f, h, w = self.latent_shape
         vae = getattr(self.pipe, "vae", None)
         if vae is None:
@@ -87,11 +90,13 @@ class WanTarget(PipelineTarget):
 
     # -- experts ---------------------------------------------------------------------------------
     def experts(self) -> dict:
+        """The denoising transformers by name: ``transformer``, and ``transformer_2`` (Wan 2.2's low-noise expert)."""
         if self.boundary is None:
             return {"transformer": self.transformer}
         return {"transformer": self.transformer, "transformer_2": self.pipe.transformer_2}
 
     def expert_at(self, t) -> str:
+        """``transformer`` at or above Wan 2.2's boundary timestep (always, without one), else ``transformer_2``."""
         return "transformer" if self.boundary is None or float(t) >= self.boundary else "transformer_2"
 
     # -- the denoiser --------------------------------------------------------------------------
@@ -118,4 +123,5 @@ class WanTarget(PipelineTarget):
         return torch.ones(x.shape[2:], dtype=torch.float32, device=x.device)
 
     def guidance_at(self, t) -> float:
+        """The CFG scale at ``t``: ``guidance_scale`` for the first expert, ``guidance_scale_2`` for the second."""
         return self.guidance if self.expert_at(t) == "transformer" else self.guidance_2

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from sencache.calibration.cogvideox_target import CogVideoXTarget
+from sencache.calibration.targets.cogvideox import CogVideoXTarget
 
 
 def is_cogvideox_i2v(pipe) -> bool:
+    """True when ``pipe`` is a CogVideoXImageToVideoPipeline (by class name)."""
     return type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
 
 
@@ -42,4 +43,5 @@ class CogVideoXImageToVideoTarget(CogVideoXTarget):
         return latents
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled latent with the image latents concatenated after its channels (one copy per batch row)."""
         return torch.cat([x, torch.cat([self.image_latents] * x.shape[0])], dim=2)

@@ -12,9 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["BROKEN_PSNR_DB", "TAIL_FIELDS", "tail_fields", "with_tails"]
+__all__ = ["BROKEN_PSNR_DB", "PSNR_CAP_DB", "TAIL_FIELDS", "tail_fields", "with_tails"]
 
 BROKEN_PSNR_DB = 20.0
+PSNR_CAP_DB = 100.0  # the PSNR given to a clip identical to its reference (MSE 0)
 TAIL_FIELDS = ("psnr_p10", "psnr_min", "lpips_max", "broken", "schedules", "pairs")
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sencache.calibration.target import PipelineTarget
+from sencache.calibration.targets.base import PipelineTarget
 from sencache.errors import SenCacheError, UnsupportedModelError
 
 
 def is_hunyuan_video(pipe) -> bool:
+    """True when ``pipe`` is a HunyuanVideoPipeline (by class name)."""
     return type(pipe).__name__ == "HunyuanVideoPipeline"
 
 
@@ -62,6 +63,7 @@ class HunyuanVideoTarget(PipelineTarget):
                                          torch.float32, self.device, torch.Generator().manual_seed(seed))
 
     def encode_video(self, frames):
+        """Not supported: raises :class:`UnsupportedModelError` (``--videos`` calibrates Wan pipelines only)."""
         raise UnsupportedModelError("calibrate --videos supports Wan pipelines only for now; calibrate HunyuanVideo "
                                     "from prompts (its own sampling trajectories)")
 

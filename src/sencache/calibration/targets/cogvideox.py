@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 
 from sencache.calibration.secants import SamplerStep
-from sencache.calibration.target import PipelineTarget
+from sencache.calibration.targets.base import PipelineTarget
 from sencache.errors import UnsupportedModelError
 
 
 def is_cogvideox(pipe) -> bool:
+    """True when ``pipe`` is a CogVideoXPipeline (by class name: not the image-to-video one)."""
     return type(pipe).__name__ == "CogVideoXPipeline"
 
 
@@ -53,6 +54,7 @@ class CogVideoXTarget(PipelineTarget):
                                          self._generator)
 
     def encode_video(self, frames):
+        """Not supported: raises :class:`UnsupportedModelError` (``--videos`` calibrates Wan pipelines only)."""
         raise UnsupportedModelError("calibrate --videos supports Wan pipelines only for now; calibrate CogVideoX "
                                     "from prompts (its own sampling trajectories)")
 
@@ -100,5 +102,7 @@ class CogVideoXTarget(PipelineTarget):
         return dpm
 
     def forwards_per_step(self, guided: bool) -> int:
+        """Transformer forwards per grid step, a batched CFG call counting as two: 3 without CFG, else 5
+        (6 with ``guided``)."""
         return 3 if not self.cfg else (6 if guided else 5)  # a batched CFG call counts as two
 

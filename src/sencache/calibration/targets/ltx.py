@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sencache.calibration.target import PipelineTarget
+from sencache.calibration.targets.base import PipelineTarget
 from sencache.errors import SenCacheError, UnsupportedModelError
 
 
 def is_ltx(pipe) -> bool:
+    """True when ``pipe`` is an LTXPipeline (by class name: not the image-to-video one)."""
     return type(pipe).__name__ == "LTXPipeline"
 
 
@@ -57,6 +58,7 @@ class LTXTarget(PipelineTarget):
                                          torch.float32, self.device, torch.Generator().manual_seed(seed))
 
     def encode_video(self, frames):
+        """Not supported: raises :class:`UnsupportedModelError` (``--videos`` calibrates Wan pipelines only)."""
         raise UnsupportedModelError("calibrate --videos supports Wan pipelines only for now; calibrate LTX-Video "
                                     "from prompts (its own sampling trajectories)")
 
@@ -100,4 +102,6 @@ class LTXTarget(PipelineTarget):
         return combined
 
     def forwards_per_step(self, guided: bool) -> int:
+        """Transformer forwards per grid step, a batched CFG call counting as two: 3 without CFG, else 5
+        (6 with ``guided``)."""
         return 3 if not self.cfg else (6 if guided else 5)  # a batched CFG call counts as two

@@ -3,15 +3,15 @@ transformer call, the sampler step), one class per pipeline family; others are r
 
 from __future__ import annotations
 
-from sencache.calibration.cogvideox_i2v_target import CogVideoXImageToVideoTarget, is_cogvideox_i2v
-from sencache.calibration.cogvideox_target import CogVideoXTarget, is_cogvideox
-from sencache.calibration.flux_target import FluxTarget, is_flux
-from sencache.calibration.hunyuan_target import HunyuanVideoTarget, is_hunyuan_video
-from sencache.calibration.ltx_i2v_target import LTXImageToVideoTarget, is_ltx_i2v
-from sencache.calibration.ltx_target import LTXTarget, is_ltx
-from sencache.calibration.target import PipelineTarget
-from sencache.calibration.wan_i2v_target import WanImageToVideoTarget, is_wan_i2v
-from sencache.calibration.wan_target import WanTarget, is_wan
+from sencache.calibration.targets.base import PipelineTarget
+from sencache.calibration.targets.cogvideox import CogVideoXTarget, is_cogvideox
+from sencache.calibration.targets.cogvideox_i2v import CogVideoXImageToVideoTarget, is_cogvideox_i2v
+from sencache.calibration.targets.flux import FluxTarget, is_flux
+from sencache.calibration.targets.hunyuan import HunyuanVideoTarget, is_hunyuan_video
+from sencache.calibration.targets.ltx import LTXTarget, is_ltx
+from sencache.calibration.targets.ltx_i2v import LTXImageToVideoTarget, is_ltx_i2v
+from sencache.calibration.targets.wan import WanTarget, is_wan
+from sencache.calibration.targets.wan_i2v import WanImageToVideoTarget, is_wan_i2v
 from sencache.errors import UnsupportedModelError
 
 # (does this pipeline match?, its target), first match wins: each I2V sibling before its text-to-video family

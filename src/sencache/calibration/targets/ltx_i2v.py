@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from sencache.calibration.ltx_target import LTXTarget
+from sencache.calibration.targets.ltx import LTXTarget
 
 
 def is_ltx_i2v(pipe) -> bool:
+    """True when ``pipe`` is an LTXImageToVideoPipeline (by class name)."""
     return type(pipe).__name__ == "LTXImageToVideoPipeline"
 
 
@@ -37,6 +38,7 @@ class LTXImageToVideoTarget(LTXTarget):
         return latents
 
     def timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """One timestep per token, (batch, tokens): ``t``, and 0 for the conditioning frame's tokens."""
         return t.expand(batch).unsqueeze(-1) * (1 - torch.cat([self.conditioning_mask] * batch))
 
     def sampler_step(self):

@@ -156,4 +156,5 @@ class PipelineTarget:
         return None
 
     def branch(self, guided: bool) -> str:
+        """The measured branch, as the profile records it: "guided" (the CFG-combined output) or "cond"."""
         return "guided" if (guided and self.cfg) else "cond"

@@ -70,9 +70,11 @@ class StepCounter:
             self.steps[-1][-1] = True
 
     def reset(self) -> None:
+        """Forget the counted calls (the next call starts a new generation)."""
         self.steps, self._last_t = [], None
 
     def stats(self) -> dict:
+        """What the last generation really computed: nfe, computed, calls, steps, skipped steps, schedule."""
         steps = len(self.steps)
         calls = sum(len(s) for s in self.steps)
         computed = sum(sum(s) for s in self.steps)
@@ -89,6 +91,7 @@ class StepCounter:
         }
 
     def remove(self) -> None:
+        """Take the counting hooks off."""
         for h in self._handles:
             h.remove()
         self._handles = []
