@@ -334,3 +334,29 @@ def test_methods_are_objects_not_name_ladders(tmp_path):
     planted = tmp_path / "ladder.py"
     planted.write_text('def config(name):\n    if name == "magcache":\n        return 1\n')
     assert name_ladders([planted]) == ["ladder.py:2"]
+
+
+def undocumented(paths) -> list[str]:
+    """Public classes, functions and methods (names without a leading '_') that have no docstring."""
+    out = []
+
+    def visit(body, path, prefix):
+        for node in body:
+            named = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            if named and not node.name.startswith("_"):
+                setter = any(isinstance(d, ast.Attribute) and d.attr == "setter" for d in node.decorator_list)
+                if not ast.get_docstring(node) and not setter:
+                    out.append(f"{path.name}:{node.lineno} {prefix}{node.name}")
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, path, f"{prefix}{node.name}.")
+
+    for path in paths:
+        visit(ast.parse(path.read_text(encoding="utf-8")).body, path, "")
+    return out
+
+
+def test_every_public_name_has_a_docstring(tmp_path):
+    assert not undocumented(MODULES.values()), "\n".join(undocumented(MODULES.values()))
+    planted = tmp_path / "bare.py"
+    planted.write_text('class Bare:\n    """Said."""\n\n    def method(self):\n        return 1\n')
+    assert undocumented([planted]) == ["bare.py:4 Bare.method"]

@@ -93,6 +93,7 @@ def ablations(pipe, profile, prompts: Sequence[str], seeds: Sequence[int] = (0,)
 
 
 def ablation_table(result: dict) -> str:
+    """The ablations as markdown: NFE and fidelity per max_reuse n at a fixed ε, and per ε."""
     T = result["num_inference_steps"]
     head = "| {} | NFE | PSNR dB | SSIM | LPIPS |\n|---|---|---|---|---|"
     out = [f"SenCache ablations (T = {T}, {len(result['prompts'])} prompt(s) x {len(result['seeds'])} seed(s), "
@@ -111,6 +112,7 @@ def ablation_table(result: dict) -> str:
 
 
 def plot_ablations(result: dict, path) -> Path:
+    """PSNR against NFE of both ablations, one panel each, written to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

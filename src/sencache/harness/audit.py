@@ -54,6 +54,7 @@ from sencache.toolbox.numbers import fmt_number, jsonable
 # --------------------------------------------------------------------------------------------
 @dataclass
 class AuditRecord:
+    """One reused (or probed) step: the rule's predicted error beside the error the cache really made there."""
     method: str
     prompt: str
     seed: int
@@ -301,6 +302,7 @@ def correlations(records: Sequence) -> dict:
 
 
 def stats_table(result: dict) -> str:
+    """The audit as markdown: per method, how well its score orders the real caching errors."""
     T = result["num_inference_steps"]
     lines = [f"Predicted vs actual caching error ({len(result['prompts'])} prompt(s) x {len(result['seeds'])} seed(s), "
              f"T = {T}; actual = rms(cached output − real output) at reused steps)", "",
@@ -370,6 +372,7 @@ def plot_scatter(result: dict, path) -> Path:
 
 
 def write_audit(result: dict, out_dir) -> dict[str, Path]:
+    """audit.json, audit.md and scatter.png in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"audit.json": out / "audit.json", "audit.md": out / "audit.md", "scatter.png": out / "scatter.png"}

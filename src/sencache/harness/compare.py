@@ -79,6 +79,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Job:
+    """One prompt and seed of a comparison, with its index in the job list."""
     index: int
     prompt: str
     seed: int
@@ -334,6 +335,7 @@ def write_outputs(results: dict, out_dir, frames: dict | None = None) -> dict[st
 
 
 def calibration_info(profile=None, baselines=None, profile_path=None, baselines_path=None) -> dict:
+    """What the results record of the calibration behind them: the profile's and baselines' prompts, seeds, paths."""
     info: dict[str, Any] = {}
     if baselines is not None:
         info["baselines"] = {"path": str(baselines_path) if baselines_path else None,

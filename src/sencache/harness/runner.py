@@ -25,16 +25,20 @@ from sencache.toolbox.numbers import finite_or_none
 class Handle(Protocol):
     """A cache put on a pipeline: what it did in the last generation, and how to take it off."""
 
-    def stats(self) -> dict: ...
+    def stats(self) -> dict:
+        """What the cache did in the last generation (with ``nfe``)."""
 
-    def remove(self) -> None: ...
+    def remove(self) -> None:
+        """Take the cache off the pipeline."""
 
 
 class _Uncached:
     def stats(self) -> dict:
+        """What the cache did in the last generation (with ``nfe``)."""
         return {}
 
     def remove(self) -> None:
+        """Take the cache off the pipeline."""
         return None
 
 

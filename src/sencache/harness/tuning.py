@@ -25,6 +25,7 @@ from sencache.runtime.generation import generate
 def measure_nfe(pipe, method: str, value, ctx: MethodContext, prompts: Sequence[str], seeds: Sequence[int],
                 guidance_scale: float = 5.0) -> float:
 
+    """The mean NFE ``method`` at ``value`` reaches on ``prompts`` x ``seeds`` (no reference run)."""
     spec = get_method(method)
     nfes = []
     for p in prompts:

@@ -136,4 +136,5 @@ def variants_table(result: dict, title: str = "SenCache variants") -> str:
 
 
 def schedules_table(result: dict) -> str:
+    """The ε-schedule variants as markdown, against the constant ε."""
     return variants_table(result, "ε schedules (baseline: constant = the fixed ε)")

@@ -15,5 +15,6 @@ def save_frames(path, frames: dict[str, np.ndarray]) -> Path:
 
 
 def load_frames(path) -> dict[str, np.ndarray]:
+    """The clips :func:`save_frames` wrote, by key."""
     with np.load(Path(path), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}

@@ -39,6 +39,8 @@ def video_columns(results: dict) -> list[tuple[str, str]]:
 
 
 def write_side_by_side(results: dict, frames: dict[str, np.ndarray], out_dir, fps: float = 4.0) -> dict[str, Path]:
+    """side_by_side.mp4 and .gif: the reference and each primary setting as columns, one row per pair (at most
+    MAX_VIDEO_ROWS)."""
     out = Path(out_dir)
     cols = [(k, lbl) for k, lbl in video_columns(results)]
     jobs = [j for j in results.get("jobs", []) if all(f"{j['job']}|{k}" in frames for k, _ in cols)]
@@ -122,6 +124,7 @@ img,video{max-width:100%;image-rendering:pixelated}code{font-size:12px;word-brea
 
 
 def html_page(results: dict, files: dict[str, Path]) -> str:
+    """report.html's text: the tables, the figures in ``files`` and the calibration and evaluation prompts."""
     T = results["num_inference_steps"]
     names = {k: Path(v).name for k, v in files.items()}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sencache report</title>"

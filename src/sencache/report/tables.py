@@ -34,6 +34,7 @@ def table_rows(results: dict, primary_only: bool = False) -> list[dict]:
 
 
 def primary_rows(results: dict) -> list[dict]:
+    """The reference and each available method's primary setting, as table rows."""
     return [r for r in table_rows(results, primary_only=True) if not r.get("skipped")]
 
 
@@ -48,6 +49,7 @@ HEADER = ["method", "setting", "NFE", "time (s)", "speed-up", "PSNR (dB)", "SSIM
 
 
 def row_cells(row) -> list[str]:
+    """One table row's cells as text, in HEADER's order."""
     if row.get("skipped"):
         return [row["method"], row["setting"]] + ["–"] * (len(HEADER) - 2)
     return [row["method"], row["setting"], fmt_number(row["nfe"], ".1f"), fmt_number(row["wall_s"], ".2f"),
@@ -58,6 +60,7 @@ def row_cells(row) -> list[str]:
 
 
 def markdown_table(results: dict) -> str:
+    """results.md: every setting of every method with the tail beside the means, and what the numbers mean."""
     T = results["num_inference_steps"]
     jobs = len(results.get("jobs", []))
     lines = [f"# sencache compare: {T} steps, guidance {results['guidance_scale']:g}, {jobs} prompt x seed job(s)", "",
@@ -83,6 +86,7 @@ def markdown_table(results: dict) -> str:
 
 
 def text_table(results: dict, primary_only: bool = False) -> str:
+    """The results as an aligned plain-text table (for the terminal)."""
     rows = [row_cells(r) for r in table_rows(results, primary_only)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADER)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
