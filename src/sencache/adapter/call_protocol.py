@@ -48,6 +48,36 @@ def host_timesteps(latent: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.
     return t_rows, host[:-1], not bool(host[-1])
 
 
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # inference-mode tensors keep no version counter: never taken as unchanged
+        return None
+
+
+class HostInputs:
+    """:func:`host_timesteps` of a call, kept for the step's next call when it gets the very same, unchanged tensors
+    (classifier-free guidance in two calls: cond then uncond), so a step syncs the host once, not once per call."""
+
+    def __init__(self):
+        self.last: tuple | None = None
+
+    def read(self, latent: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(timesteps on the device, their host copy, whether the latent holds NaN or inf)."""
+        versions = (_version(latent), _version(timestep))
+        last = self.last
+        if last is not None and last[0] is latent and last[1] is timestep and None not in versions \
+                and last[2] == versions:
+            return last[3]
+        got = host_timesteps(latent, timestep)
+        self.last = (latent, timestep, versions, got) if not got[2] else None
+        return got
+
+    def forget(self) -> None:
+        """Drop the kept tensors (a new generation, or an error)."""
+        self.last = None
+
+
 def call_mask(decision: Decision, have: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """(B,) rows whose stack runs (a reuse needs a cached residual) and each row's reason for the trace."""
     reuse = decision.reuse
@@ -117,18 +147,19 @@ class CallProtocol:
         self.gen = GenerationState()
         self.call: CallState | None = None
         self.poisoned = False  # the last call raised: the next one starts a fresh generation
+        self.inputs = HostInputs()
 
     def reset(self) -> None:
         """Forget the generation; the next call starts a new one."""
         self.gen, self.call = GenerationState(), None
+        self.inputs.forget()
         self.plan.active = False
         self.plan.clear()
 
     def abort_call(self) -> None:
         """The transformer raised: drop the call, and start afresh next time (no stale residuals)."""
-        self.poisoned, self.call = True, None
-        self.plan.active = False
-        self.plan.clear()
+        self.reset()
+        self.poisoned = True
 
     def resolve_step(self, context, timestep: torch.Tensor, branch: str) -> tuple[int, int]:
         """(step, num_steps) of this call (see :class:`~sencache.adapter.step_clock.StepClock`)."""
@@ -138,7 +169,7 @@ class CallProtocol:
     def begin_call(self, branch: str, step: int, num_steps: int, latent: torch.Tensor, timestep: torch.Tensor,
                    expert: str = "transformer", grid: torch.Tensor | None = None, context_sigma=None) -> None:
         """Open a call and leave the plan for the block hooks (deciding now unless the rule waits for a block)."""
-        t_rows, t_host, bad = host_timesteps(latent, timestep)
+        t_rows, t_host, bad = self.inputs.read(latent, timestep)
         if self.sync is not None:
             bad = self.sync.any(bad)  # every rank raises together instead of leaving the others waiting
         if bad:

@@ -30,6 +30,7 @@ class StepClock:
         self.num_inference_steps = num_inference_steps
         self.t_scale = 1.0  # transformer timestep -> scheduler units (FLUX: num_train_timesteps)
         self._grid_cache: tuple[int, torch.Tensor] | None = None
+        self._matched: dict[float, tuple[int, float]] = {}  # t0 -> (step, t_scale) on the cached grid
         self._checked: tuple | None = None  # (profile, scheduler grid) last checked for coverage
         self._note: str | None = None
 
@@ -60,6 +61,7 @@ class StepClock:
             return None
         if self._grid_cache is None or self._grid_cache[0] != id(timesteps):
             self._grid_cache = (id(timesteps), timesteps.detach().double().cpu())
+            self._matched = {}
         return self._grid_cache[1]
 
     def check_profile(self, profile) -> str | None:
@@ -78,12 +80,20 @@ class StepClock:
         return note
 
     def _match(self, grid: torch.Tensor, t0: float) -> int:
-        """The grid step nearest to ``t0``, trying the transformer's units scaled by num_train_timesteps too."""
+        """The grid step nearest to ``t0``, trying the transformer's units scaled by num_train_timesteps too (each
+        timestep's answer kept: every generation on one schedule asks the same questions)."""
+        known = self._matched.get(t0)
+        if known is None:
+            known = self._matched[t0] = self._nearest(grid, t0)
+        self.t_scale = known[1]
+        return known[0]
+
+    def _nearest(self, grid: torch.Tensor, t0: float) -> tuple[int, float]:
         miss = (grid - t0).abs()
-        self.t_scale = 1.0
+        t_scale = 1.0
         train = float(getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", 0) or 0)
         if train > 1 and float(miss.min()) > 0:
             scaled = (grid / train - t0).abs()
             if float(scaled.min()) < float(miss.min()):
-                miss, self.t_scale = scaled, train
-        return int(torch.argmin(miss))
+                miss, t_scale = scaled, train
+        return int(torch.argmin(miss)), t_scale

@@ -312,7 +312,11 @@ class SenCacheRule:
             state.t_prev = torch.full_like(t64, math.nan)
             state.reuse_run = torch.zeros(inp.latent.shape[0], dtype=torch.long)
             return
-        if refresh.any():
+        if bool(refresh.all()):  # every row refreshes (always so for one sample): new references, no masked writes
+            state.x_ref.copy_(inp.latent.detach())
+            state.t_prev, state.jtt_ref, state.t_ref = state.t_ref, jtt, t64.clone()
+            state.jx_ref, state.jt_ref = jx, jt
+        elif refresh.any():
             rows = refresh.to(state.x_ref.device)
             state.x_ref[rows] = inp.latent.detach()[rows].to(state.x_ref.dtype)
             state.t_prev[refresh] = state.t_ref[refresh]
