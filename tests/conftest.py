@@ -216,3 +216,30 @@ def counting_calls(monkeypatch, module, name: str, fail_at: int | None = None) -
 
     monkeypatch.setattr(module, name, counted)
     return calls
+
+
+def expected_max_reuse_pattern(num_steps: int, max_reuse: int, final_steps: int) -> list[bool]:
+    """Which steps compute under "reuse whenever allowed": the first, the final ones, and after max_reuse reuses."""
+    computed, run_len = [], 0
+    for step in range(num_steps):
+        if step == 0 or step >= num_steps - final_steps or run_len >= max_reuse:
+            computed.append(True)
+            run_len = 0
+        else:
+            computed.append(False)
+            run_len += 1
+    return computed
+
+
+@pytest.fixture(scope="module")
+def loop_calibrated():
+    """The tiny pipeline and its grid profile, calibrated for the closed loop (once per test module)."""
+    from loop_fixtures import PROMPTS, STEPS, call_kwargs, grid_profile
+
+    from sencache.calibration.loop import calibrate_loop
+
+    pipe = tiny_wan()
+    profile = grid_profile()
+    calibrate_loop(pipe, profile, PROMPTS, num_inference_steps=STEPS, gain_every=2, progress=False,
+                   call_kwargs=call_kwargs())
+    return pipe, profile
