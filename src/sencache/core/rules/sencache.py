@@ -41,7 +41,7 @@ from sencache.core.correction import correction_normaliser
 from sencache.core.presets import preset_settings
 from sencache.core.profile import SensitivityProfile
 from sencache.core.rules.base import Decision, StepInput, in_final_steps, rms_per_sample
-from sencache.core.rules.sencache_checks import check_settings
+from sencache.core.rules.sencache_checks import check_settings, settle
 from sencache.core.rules.sencache_correction import learn_correction, note_interval
 from sencache.core.rules.sencache_loop import SenCacheLoopRule
 from sencache.core.schedule import (
@@ -55,7 +55,7 @@ logger = logging.getLogger("sencache")
 # --------------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class SenCacheConfig:
     """Settings of the SenCache rule; a plain config (building it runs nothing).
 
@@ -132,11 +132,10 @@ class SenCacheConfig:
             raise SenCacheError(
                 "budget mode is an explicit step: config = sencache.budget.with_target(SenCacheConfig(profile, ...), "
                 "target_nfe=N) (or target_speedup=x)")
-        self.rule_left_to_default = (self.loop is None and self.forecast is None and self.target_psnr is None
-                                     and not self.correction and self.forecast_guard is None
-                                     and self.eps_schedule == DEFAULT_EPS_SCHEDULE)
+        settle(self, "rule_left_to_default", self.loop is None and self.forecast is None and self.target_psnr is None
+               and not self.correction and self.forecast_guard is None and self.eps_schedule == DEFAULT_EPS_SCHEDULE)
         if isinstance(self.profile, dict) and self.profile:  # one profile per expert (Wan 2.2): one joined profile
-            self.profile = SensitivityProfile.join_experts(self.profile)
+            settle(self, "profile", SensitivityProfile.join_experts(self.profile))
         if not isinstance(self.profile, SensitivityProfile):
             raise SenCacheError(
                 "SenCacheConfig needs a SensitivityProfile: load one with SensitivityProfile.load(path) "
@@ -158,7 +157,7 @@ class SenCacheConfig:
             raise SenCacheError(f"preset {name!r} is for {model_class}, but the profile was measured on {have}; "
                                 f"pick a preset for {have} (or calibrate and use budget mode)")
         config = cls(profile, **{"loop": False, **settings, **overrides})
-        config.preset_source = f"{name}: {source}"
+        settle(config, "preset_source", f"{name}: {source}")
         return config
 
     @classmethod

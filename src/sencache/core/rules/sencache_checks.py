@@ -14,13 +14,18 @@ from sencache.errors import SenCacheError
 FORECASTS = ("hold", "linear", "auto")  # what a reusing sample gets (SenCacheConfig.forecast)
 
 
+def settle(config, name: str, value) -> None:
+    """Set a setting the config resolved at construction (the config is frozen: nothing changes it afterwards)."""
+    object.__setattr__(config, name, value)
+
+
 def check_settings(config) -> None:
     """Resolve the left-open settings of a :class:`~sencache.SenCacheConfig` (loop, ε, forecast, ε_start) and refuse
     the ones out of range, with what to do."""
     resolve_loop(config)
-    config.eps_schedule = as_schedule(config.eps_schedule)
+    settle(config, "eps_schedule", as_schedule(config.eps_schedule))
     if config.forecast is None:  # the default: forecast by predicted error where the profile allows it
-        config.forecast = "auto" if "jtt" in config.profile.curves else "hold"
+        settle(config, "forecast", "auto" if "jtt" in config.profile.curves else "hold")
     if config.forecast not in FORECASTS:
         raise SenCacheError(f"forecast must be one of {', '.join(FORECASTS)} (got {config.forecast!r})")
     if config.forecast == "auto" and not config.loop:  # the loop learns its forecast error (jtt optional)
@@ -32,9 +37,9 @@ def check_settings(config) -> None:
         if config.forecast != "auto":
             raise SenCacheError(f"forecast_guard bounds forecast=\"auto\" only (forecast is {config.forecast!r})")
     check_correction(config)
-    config.eps_start_tied = config.eps_start is None
+    settle(config, "eps_start_tied", config.eps_start is None)
     if config.eps_start is None:
-        config.eps_start = tied_eps_start(config.eps) if isinstance(config.eps, (int, float)) else config.eps
+        settle(config, "eps_start", tied_eps_start(config.eps) if isinstance(config.eps, (int, float)) else config.eps)
     for field_name in ("eps", "eps_start"):
         value = getattr(config, field_name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
@@ -51,7 +56,7 @@ def resolve_loop(config) -> None:
     """Resolve ``loop`` and, for the closed loop, ``eps`` (given, for ``target_psnr``, or the profile's)."""
     has_gain = "gain" in config.profile.curves and isinstance(config.profile.metadata.get("loop"), dict)
     if config.loop is None:  # opt-in: the quality target asks for it
-        config.loop = config.target_psnr is not None and has_gain
+        settle(config, "loop", config.target_psnr is not None and has_gain)
     m = config.learn_momentum
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
         raise SenCacheError(f"learn_momentum must be in [0, 1) (got {m!r})")
@@ -64,16 +69,16 @@ def resolve_loop(config) -> None:
                                 "(measured by `sencache calibrate`)")
     if not config.loop:
         if config.eps is None:
-            config.eps = 0.1
+            settle(config, "eps", 0.1)
         return
     loop_calibration(config.profile)  # a clear error now, not mid-generation
     if config.forecast is None:  # the closed loop holds: its learned forecasts lost on the design prompts
-        config.forecast = "hold"
+        settle(config, "forecast", "hold")
     if config.eps is None:
         if p is not None:
-            config.eps = eps_for_psnr(config, p)
+            settle(config, "eps", eps_for_psnr(config, p))
         else:
-            config.eps = config.profile.metadata["loop"].get("recommended_eps", 0.0)
+            settle(config, "eps", config.profile.metadata["loop"].get("recommended_eps", 0.0))
 
 
 def check_correction(config) -> None:
@@ -84,7 +89,7 @@ def check_correction(config) -> None:
         raise SenCacheError(f"correction_bounds must be (low, high) (got {config.correction_bounds!r})") from None
     if not (0 < lo <= 1.0 <= hi < math.inf):
         raise SenCacheError(f"correction_bounds must satisfy 0 < low <= 1 <= high < inf (got {(lo, hi)})")
-    config.correction_bounds = (lo, hi)
+    settle(config, "correction_bounds", (lo, hi))
     m = config.correction_momentum
     if not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
         raise SenCacheError(f"correction_momentum must be in [0, 1) (got {m!r})")
