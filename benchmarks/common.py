@@ -141,7 +141,8 @@ class CapturedCall:
 
 def capture_calls(pipe, steps: int, prompt: str = PROMPT, seed: int = 0, guidance_scale: float = 5.0,
                   **call_kwargs) -> list[CapturedCall]:
-    """Run the pipeline once, uncached, and record every transformer call's inputs (cloned).
+    """Run the pipeline once, uncached, and record every transformer call's inputs (cloned; a tensor shared by
+    two calls is one clone shared by both).
 
     WanPipeline calls the transformer as cond then uncond within each step (``cache_context("cond")`` /
     ``("uncond")``, with ``step_index``, ``sigma`` and ``num_inference_steps``); the replay sets the same
@@ -151,12 +152,21 @@ def capture_calls(pipe, steps: int, prompt: str = PROMPT, seed: int = 0, guidanc
 
     transformer = pipe.transformer
     raw: list[tuple[float, dict]] = []
+    copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (the pipeline's tensor, its one copy)
+
+    def copy(v: torch.Tensor) -> torch.Tensor:
+        # a tensor the pipeline hands to both CFG calls of a step is one copy in both replayed calls, as it was one
+        # tensor in the pipeline (the hooks read such a step's inputs once)
+        known = copies.get(id(v))
+        if known is None or known[0] is not v:
+            known = copies[id(v)] = (v, v.detach().clone())
+        return known[1]
 
     def grab(module, args, kwargs):
         kw = dict(kwargs)
         for name, value in zip(("hidden_states", "timestep", "encoder_hidden_states"), args):
             kw[name] = value
-        kw = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        kw = {k: (copy(v) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
         raw.append((float(kw["timestep"].reshape(-1)[0]), kw))
 
     handle = transformer.register_forward_pre_hook(grab, with_kwargs=True)
