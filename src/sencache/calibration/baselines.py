@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from sencache.adapter.observers import CallEvent
 from sencache.adapter.recorder import record_uncached as record_uncached_run
@@ -265,8 +266,6 @@ def calibrate_baselines(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,
                         guidance_scale: float = 5.0, diffusers_magcache: bool = True,
                         progress: bool = True) -> Baselines:
     """Uncached runs on ``prompts`` x ``seeds``: MagCache table (first run only), TeaCache fit (all runs)."""
-    from tqdm.auto import tqdm
-
 
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if not prompts or not seeds:

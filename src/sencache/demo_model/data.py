@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, Mapping, Sequence
@@ -394,8 +395,6 @@ def iterate_batches(batch_size: int, seed: int) -> Iterator[tuple[np.ndarray, li
 
 def save_grid(samples: list[Sample], out: str, scale: float = 1.0) -> None:
     """Write a PNG: one row per sample (frames left to right), caption above each row."""
-    import textwrap
-
     import matplotlib
 
     matplotlib.use("Agg")
