@@ -10,6 +10,7 @@ lives on the CPU (per-sample masks, counters); cached residuals with the activat
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -86,9 +87,11 @@ def call_mask(decision: Decision, have: torch.Tensor) -> tuple[torch.Tensor, lis
     return ~(reuse & have), reasons
 
 
-def fill_plan(plan: StackPlan, call: CallState, gen: GenerationState, now: torch.Tensor) -> None:
+def fill_plan(plan: StackPlan, call: CallState, gen: GenerationState,
+              clock: Callable[[CallState], torch.Tensor]) -> None:
     """Turn the call's per-sample mask into the block hooks' plan: the mode, the computing rows and what the reusing
-    rows add (``now``: the call's forecast clock), all on the stack's device (no block hook syncs on a tensor)."""
+    rows add (``clock``: the call's forecast position, read only when a row reuses), all on the stack's device (no
+    block hook syncs on a tensor)."""
     store = gen.store
     device = call.latent.device
     if bool(call.compute.all()):
@@ -98,7 +101,7 @@ def fill_plan(plan: StackPlan, call: CallState, gen: GenerationState, now: torch
     if plan.mode == "subset":
         plan.rows = call.compute.nonzero().flatten().to(device, non_blocking=True)
     order = gen.decision.order if gen.decision is not None else None
-    plan.reused = store.reused(call.branch, device, order, call.compute, now)
+    plan.reused = store.reused(call.branch, device, order, call.compute, clock(call))
     if call.branch in store.encoder_residual:
         plan.reused_encoder = store.cached(call.branch, device, encoder=True)
 
@@ -249,7 +252,7 @@ class CallProtocol:
             run = gen.reuse_run if gen.reuse_run is not None else torch.zeros(gen.batch, dtype=torch.long)
             gen.reuse_run = torch.where(decision.reuse, run + 1, torch.zeros_like(run))
         call.compute, call.reasons = call_mask(gen.decision, gen.store.has(call.branch))
-        fill_plan(self.plan, call, gen, self._clock(call))
+        fill_plan(self.plan, call, gen, self._clock)
 
     def _clock(self, call: CallState) -> torch.Tensor:
         """(B,) float64 position of this call on the forecast's axis: the timestep, or the step index."""

@@ -26,11 +26,16 @@ def rankdata(values) -> np.ndarray:
     return ranks
 
 
-def pearson(x, y) -> float:
-    """Pearson's r; NaN when fewer than 2 points or a constant input."""
+def _paired(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size != y.size:
-        raise SenCacheError(f"pearson needs equal lengths (got {x.size} and {y.size})")
+        raise SenCacheError(f"{what} needs equal lengths (got {x.size} and {y.size})")
+    return x, y
+
+
+def pearson(x, y) -> float:
+    """Pearson's r; NaN when fewer than 2 points or a constant input."""
+    x, y = _paired(x, y, "pearson")
     if x.size < 2:
         return math.nan
     dx, dy = x - x.mean(), y - y.mean()
@@ -40,9 +45,7 @@ def pearson(x, y) -> float:
 
 def spearman(x, y) -> float:
     """Spearman's ρ: Pearson's r of the average ranks."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size != y.size:
-        raise SenCacheError(f"spearman needs equal lengths (got {x.size} and {y.size})")
+    x, y = _paired(x, y, "spearman")
     if x.size < 2:
         return math.nan
     return pearson(rankdata(x), rankdata(y))
